@@ -1,0 +1,58 @@
+# replab_fast: `make demo` (the main job) and `make test` (the suite) each install what they need.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# Used only when no torch is installed: a CPU build, without the GBs of CUDA packages.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_ARGS ?=
+
+.PHONY: help torch install install-test demo test
+
+help:
+	@echo "make demo   install, then run every model family reference vs fast (replab-fast demo)"
+	@echo "make test   install with the test extras, then run the test suite"
+	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
+	@echo "make gpu-check  on a CUDA machine: build, tests, benchmarks, report -> bench/results/<gpu>_<date>/"
+
+# Keep the user's torch. With none: a local CPU wheel if pip can see one (--no-index keeps
+# find-links), else the CPU wheel index; then the wheel's own dependencies from the registry.
+torch:
+	@$(PYTHON) -c "import torch" 2>/dev/null && echo "torch: using the installed $$($(PYTHON) -c 'import torch; print(torch.__version__)')" || { \
+	  $(PIP) install --no-index --no-deps "torch==$(TORCH_VERSION)" || \
+	  $(PIP) install --no-deps --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+	  $(PIP) install "torch==$(TORCH_VERSION)"; }
+
+install: torch
+	$(PIP) install --no-build-isolation -e .
+
+install-test: torch
+	$(PIP) install --no-build-isolation -e ".[test]"
+
+demo: install
+	$(PYTHON) -m replab_fast.cli demo
+
+test: install-test
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Benchmarks (bench/, pytest-benchmark; see bench/harness.py for the method).
+# `make bench`: any machine; writes bench/results/local/bench_<date>.json and .md, git-ignored (a
+#   CPU or ad-hoc run is never a committed result). On a CPU it runs the model baselines and skips
+#   the GPU cases with a reason. Extra pytest arguments: BENCH_ARGS="--quick -k llama".
+# `make gpu-check`: on a CUDA machine with no network: build, tests, benchmarks, report, plots into
+#   bench/results/<gpu>_<date>/ (and $OUT when set), inside 10 minutes. QUICK=0 for the full set.
+BENCH_OUT ?= bench/results/local
+BENCH_ARGS ?=
+QUICK ?= 1
+
+.PHONY: bench gpu-check
+
+bench: install-test
+	@mkdir -p $(BENCH_OUT)
+	@json=$(BENCH_OUT)/bench_$$(date -u +%Y-%m-%d_%H%M%S).json; \
+	$(PYTHON) -m pytest bench -p no:cacheprovider --benchmark-json=$$json $(BENCH_ARGS); status=$$?; \
+	if [ -s $$json ]; then \
+	  $(PYTHON) -m replab_fast.cli bench-report $$json -o $${json%.json}.md && echo "bench: wrote $$json"; \
+	fi; exit $$status
+
+gpu-check:
+	QUICK=$(QUICK) PYTHON=$(PYTHON) bash scripts/gpu_check.sh

@@ -1,0 +1,143 @@
+"""`replab-fast demo`: every model family, reference vs fast, forward and backward.
+
+For each family's demo preset: build the reference model, copy it, swap the fast kernels that
+exist into the copy, run forward and backward on the same random batch, and compare outputs and
+every parameter gradient. Both run in eval mode so dropout draws no random masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .models.registry import ModelSpec, count_parameters, create_model, get_spec, list_models
+from .swap import accelerate
+
+# A fast path passes when its max abs error is within this fraction of the reference's largest
+# magnitude (outputs and gradients alike): fp32 kernels reorder sums, they do not lose digits.
+RELATIVE_TOLERANCE = 1e-4
+
+
+@dataclass
+class DemoRow:
+    model: str
+    params: int
+    kernels: list[str]
+    max_error: float  # max abs difference, outputs and parameter gradients
+    scale: float  # largest magnitude among the reference's outputs and gradients
+    reference_ms: float
+    fast_ms: float
+    device: str = "cpu"
+    error: Optional[str] = None  # an exception raised while running, if any
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.max_error <= RELATIVE_TOLERANCE * max(1.0, self.scale)
+
+
+def demo_models() -> list[str]:
+    return [n for n in list_models() if get_spec(n).demo]
+
+
+def _forward_backward(spec: ModelSpec, model: nn.Module, inputs, target) -> tuple[Tensor, dict[str, Tensor]]:
+    model.zero_grad(set_to_none=True)
+    output = model(*inputs)
+    output = output[0] if isinstance(output, tuple) else output
+    spec.loss(model, inputs, target).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return output.detach(), grads
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, iters: int) -> float:
+    fn()  # warm-up: lazy init, compilation, autotuning
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_one(name: str, device: torch.device, batch_size: int = 2, iters: int = 3, seed: int = 0) -> DemoRow:
+    spec = get_spec(name)
+    torch.manual_seed(seed)
+    reference = create_model(name, device=device).eval()
+    fast = accelerate(copy.deepcopy(reference))
+    kernels = fast.replab_report.kernels()
+    generator = torch.Generator().manual_seed(seed)
+    inputs, target = spec.make_batch(reference, batch_size, generator=generator)
+
+    ref_out, ref_grads = _forward_backward(spec, reference, inputs, target)
+    fast_out, fast_grads = _forward_backward(spec, fast, inputs, target)
+    pairs = [(ref_out, fast_out)] + [(g, fast_grads[n]) for n, g in ref_grads.items()]
+    missing = sorted(set(ref_grads) - set(fast_grads))
+    if missing:
+        raise RuntimeError(f"fast model computed no gradient for {', '.join(missing)}")
+    max_error = max((a.float() - b.float()).abs().max().item() for a, b in pairs)
+    scale = max(a.float().abs().max().item() for a, _ in pairs)
+
+    ref_ms = _median_ms(lambda: _forward_backward(spec, reference, inputs, target), device, iters)
+    fast_ms = _median_ms(lambda: _forward_backward(spec, fast, inputs, target), device, iters)
+    return DemoRow(name, count_parameters(reference), kernels, max_error, scale, ref_ms, fast_ms, device.type)
+
+
+def format_table(rows: list[DemoRow]) -> str:
+    header = ("model", "params", "kernels swapped", "max error", "reference ms", "fast ms", "speedup", "result")
+    body = []
+    for r in rows:
+        if r.error:
+            body.append((r.model, f"{r.params:,}", "-", "-", "-", "-", "-", f"ERROR: {r.error}"))
+            continue
+        body.append((
+            r.model,
+            f"{r.params:,}",
+            ", ".join(r.kernels) or "none",
+            f"{r.max_error:.2e}",
+            f"{r.reference_ms:.1f}",
+            f"{r.fast_ms:.1f}",
+            f"{r.reference_ms / r.fast_ms:.2f}x" if r.fast_ms > 0 else "-",
+            "pass" if r.passed else "FAIL",
+        ))
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def summary(rows: list[DemoRow]) -> str:
+    failed = [r.model for r in rows if not r.passed]
+    with_kernels = [r for r in rows if r.kernels]
+    swapped = (
+        f"fast kernels swapped into {len(with_kernels)} of {len(rows)}"
+        if with_kernels
+        else "no fast kernel is registered for these models yet, so fast == reference"
+    )
+    if with_kernels and all(r.device == "cpu" for r in rows):
+        swapped += " (on a CPU the Triton kernels run in Triton's interpreter: checked for correctness, slow by design)"
+    if failed:
+        return f"demo: FAIL ({', '.join(failed)}); {swapped}"
+    return f"demo: PASS, {len(rows)} models ran forward and backward within tolerance; {swapped}"
+
+
+def run_demo(names: Optional[list[str]] = None, device: Optional[str] = None, **kwargs) -> list[DemoRow]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = names or demo_models()
+    for name in names:
+        get_spec(name)  # an unknown name fails here, before anything runs
+    rows = []
+    for name in names:
+        try:
+            rows.append(run_one(name, dev, **kwargs))
+        except Exception as exc:  # reported in the table and the summary, not swallowed
+            error = f"{type(exc).__name__}: {exc}"
+            rows.append(DemoRow(name, 0, [], float("nan"), 0.0, 0.0, 0.0, dev.type, error=error))
+    return rows

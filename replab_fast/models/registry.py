@@ -1,0 +1,107 @@
+"""The model registry: every reference model and preset under one name.
+
+Each model file registers its presets at the bottom with :func:`register_model`. A
+:class:`ModelSpec` says how to build the model, how to make a random batch for it and how
+to compute its training loss, so the CLI, the demo, the benchmarks and the tests can treat
+every paper alike:
+
+    spec = get_spec("lenet5-classic")
+    model = create_model("lenet5-classic")
+    inputs, target = spec.make_batch(model, batch_size=4, generator=torch.Generator().manual_seed(0))
+    loss = spec.loss(model, inputs, target)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+# A batch is (inputs, target): the model is called as model(*inputs); target feeds the loss.
+Batch = tuple[tuple[Tensor, ...], Tensor]
+MakeBatch = Callable[..., Batch]  # (model, batch_size, *, generator) -> Batch
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class OverfitRecipe:
+    """How the debugging gauntlet overfits one fixed batch (Adam, fixed seed)."""
+
+    batch_size: int = 4  # size of the one batch memorized
+    steps: int = 60  # optimizer steps allowed
+    lr: float = 1e-3  # Adam learning rate
+    below: float = 0.1  # pass when the final loss < below * the initial loss
+    overrides: tuple[tuple[str, Any], ...] = ()  # config overrides for the run (e.g. no dropout)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # registry name, e.g. "lenet5-classic"
+    family: str  # paper family, e.g. "lenet5"; the demo runs one preset per family
+    paper: str  # short citation, e.g. "LeCun et al. 1998"
+    config_cls: type  # typed dataclass with a from_name(preset, **overrides) classmethod
+    preset: str  # the preset name passed to config_cls.from_name
+    model_cls: type  # nn.Module subclass built as model_cls(config, device=..., dtype=...)
+    make_batch: MakeBatch  # random (inputs, target) on the model's device and dtype
+    loss: LossFn  # scalar training loss of model(*inputs) against target
+    paper_param_count: Optional[int] = None  # the paper's own figure, None where it gives none
+    demo: bool = False  # the preset `replab-fast demo` runs for this family (small, CPU-friendly)
+    description: str = ""  # one line for `replab-fast models`
+    overfit: Optional[OverfitRecipe] = None  # None for presets too large to train on a CPU in tests
+
+    def build_config(self, **overrides: Any):
+        return self.config_cls.from_name(self.preset, **overrides)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model preset to the registry; a name may be registered once."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"model name {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_all() -> None:
+    # Importing the model package imports every model file, which registers its presets.
+    import replab_fast.models  # noqa: F401
+
+
+def list_models(family: Optional[str] = None) -> list[str]:
+    """Names of every registered model preset, optionally only one family's."""
+    _load_all()
+    return [n for n, s in _REGISTRY.items() if family is None or s.family == family]
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def create_model(
+    name: str,
+    *,
+    device: Optional[torch.device | str] = None,
+    dtype: Optional[torch.dtype] = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model. ``overrides`` replace fields of the preset's config.
+
+    ``device="meta"`` builds the model without allocating memory (to count parameters of
+    the large presets).
+    """
+    spec = get_spec(name)
+    config = spec.build_config(**overrides)
+    return spec.model_cls(config, device=device, dtype=dtype)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,71 @@
+"""Helpers for parity tests (shared/GUIDE.md section 3), used by the test suite.
+
+- ``DEVICES``: parametrize over CPU (Triton's interpreter) and CUDA, the CUDA case skipped with
+  a stated reason where there is no GPU.
+- ``random_tensor``: fresh seeded inputs, drawn in float64 then cast (never zeros or ones).
+- ``assert_parity``: the fast path against the float64 reference; for fp16/bf16 the 2x rule:
+  error <= 2 x the reference's own error at that dtype + a small floor.
+- ``poisoned_memory``: every ``torch.empty`` is filled with NaN, so an output element a kernel
+  never writes fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import pytest
+import torch
+from torch import Tensor
+
+CUDA_REASON = "needs a CUDA device (the compiled Triton kernels); this machine has none"
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)]),
+]
+
+FLOAT64_RTOL = 1e-12  # both sides in float64: they differ only in summation order
+LOW_PRECISION_FLOOR = 1e-3  # absolute floor of the 2x rule, relative to max(1, |reference|)
+
+
+def random_tensor(shape, dtype, device, seed: int, *, requires_grad=False, scale=1.0, shift=0.0) -> Tensor:
+    """shift + scale * N(0, 1), drawn in float64 on the CPU from ``seed``, then cast and moved."""
+    g = torch.Generator().manual_seed(seed)
+    t = (shift + scale * torch.randn(shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def assert_parity(name: str, fast: Tensor, ref64: Tensor, ref_low: Optional[Tensor] = None, *, fp32_rtol: float) -> None:
+    """``fast`` (any dtype) against the float64 reference ``ref64``.
+
+    float64: within FLOAT64_RTOL; float32: within ``fp32_rtol`` (state why next to the test);
+    fp16/bf16: within 2x the error of ``ref_low`` (the reference run at fast's dtype) plus the
+    floor. Every bound is relative to max(1, max |ref64|). NaN anywhere fails.
+    """
+    assert fast.shape == ref64.shape, f"{name}: shape {tuple(fast.shape)} != {tuple(ref64.shape)}"
+    assert not torch.isnan(fast).any(), f"{name}: NaN (an unwritten element?)"
+    if fast.numel() == 0:
+        return
+    err = (fast.double() - ref64.double()).abs().max().item()
+    scale = max(1.0, ref64.abs().max().item())
+    if fast.dtype == torch.float64:
+        assert err <= FLOAT64_RTOL * scale, f"{name}: float64 error {err:.3g}"
+    elif fast.dtype == torch.float32:
+        assert err <= fp32_rtol * scale, f"{name}: float32 error {err:.3g} > {fp32_rtol:g} x {scale:.3g}"
+    else:
+        assert ref_low is not None, f"{name}: the 2x rule needs the reference run at {fast.dtype}"
+        ref_err = (ref_low.double() - ref64.double()).abs().max().item()
+        bound = 2 * ref_err + LOW_PRECISION_FLOOR * scale
+        assert err <= bound, f"{name}: {fast.dtype} error {err:.3g} > 2 x reference's {ref_err:.3g} + floor"
+
+
+@contextlib.contextmanager
+def poisoned_memory() -> Iterator[None]:
+    """Inside the block, torch.empty (and every uninitialized allocation) is filled with NaN."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
