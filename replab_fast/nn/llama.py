@@ -1,0 +1,106 @@
+"""Drop-ins for the reference LLaMA's ``Attention`` (kernel "rope") and ``TransformerBlock``
+(kernel "fused_add_rms_norm").
+
+``Attention`` overrides ``rotate`` with ``replab_fast.ops.rope`` (one launch for q and k, Meta's
+interleaved pairs), for training and for KV-cache decoding.
+
+``TransformerBlock`` runs ``h = x + attention(...)`` and ``ffn_norm(h)`` as one fused kernel
+(``replab_fast.ops.rms_norm_residual``). It keeps the reference block's children; ``accelerate``
+visits them after swapping the block, so its norms and attention get their own drop-ins (each
+kernel can be turned off by name on its own). The feed-forward stays the reference module.
+
+Every drop-in shares the reference's parameters and buffers (the same tensors) under the same
+state_dict keys, so ``restore`` brings back the reference modules with whatever was trained.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels import unavailable_reason
+from ..models import llama as reference
+from ..swap import adopt_tensors, register_drop_in
+from .rms_norm import kernel_unusable_reason
+
+if unavailable_reason() is None:  # the Triton kernels can run here (else every check says why not)
+    from .. import ops
+
+__all__ = ["Attention", "TransformerBlock"]
+
+
+def _config_like(attention: reference.Attention) -> reference.LlamaConfig:
+    """The smallest LlamaConfig that builds an Attention of ``attention``'s shapes."""
+    config = reference.LlamaConfig(
+        dim=attention.wq.in_features, n_layers=1, n_heads=attention.n_heads, n_kv_heads=attention.n_kv_heads,
+        vocab_size=1,
+    )  # fmt: skip
+    if config.head_dim != attention.head_dim:
+        raise ValueError(
+            f"cannot rebuild an Attention with head_dim {attention.head_dim} from dim {config.dim} and "
+            f"{config.n_heads} heads"
+        )
+    return config
+
+
+class Attention(reference.Attention):
+    """Grouped-query attention with RoPE by ``replab_fast.ops.rope`` (one launch for q and k).
+
+    A drop-in for ``replab_fast.models.llama.Attention``: the same projections (wq, wk, wv, wo)
+    and KV-cache buffers; ``attend`` is still the reference's.
+    """
+
+    def rotate(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """RoPE on queries (B, T, Hq, D) and keys (B, T, Hk, D); cos, sin: (T, D/2)."""
+        return ops.rope(q, k, cos, sin, interleaved=True)  # (B, T, Hq, D), (B, T, Hk, D)
+
+    @classmethod
+    def from_reference(cls, ref: reference.Attention) -> "Attention":
+        """A drop-in sharing ``ref``'s projections and KV cache (the same tensors)."""
+        fast = cls(_config_like(ref), device="meta", dtype=ref.wq.weight.dtype)
+        return adopt_tensors(fast, ref)
+
+    def extra_repr(self) -> str:
+        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, rope=replab_fast.ops.rope"
+
+
+class TransformerBlock(reference.TransformerBlock):
+    """Pre-norm block with the residual add and ``ffn_norm`` fused (``replab_fast.ops.rms_norm_residual``).
+
+    A drop-in for ``replab_fast.models.llama.TransformerBlock`` holding the reference block's own
+    children (same submodule names, parameters and state_dict keys); ``accelerate`` then gives
+    those children their own drop-ins. The fused kernel reads ``ffn_norm``'s weight and eps and
+    does not call it.
+    """
+
+    def __init__(
+        self, layer_id: int, attention_norm: nn.Module, attention: nn.Module, ffn_norm: nn.Module, feed_forward: nn.Module
+    ) -> None:
+        nn.Module.__init__(self)  # the children are given, not built from a config
+        self.layer_id = layer_id
+        self.attention_norm = attention_norm
+        self.attention = attention
+        self.ffn_norm = ffn_norm
+        self.feed_forward = feed_forward
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: Optional[int] = None) -> Tensor:
+        attn = self.attention(self.attention_norm(x), cos, sin, start_pos)  # (B, T, dim)
+        dtype = torch.promote_types(x.dtype, attn.dtype)  # what x + attn would be (autocast mixes them)
+        normed, h = ops.rms_norm_residual(x.to(dtype), attn.to(dtype), self.ffn_norm.weight, self.ffn_norm.eps)
+        return h + self.feed_forward(normed)  # (B, T, dim)
+
+    @classmethod
+    def from_reference(cls, block: reference.TransformerBlock) -> "TransformerBlock":
+        """A drop-in holding ``block``'s children (the same modules, so the same tensors)."""
+        fast = cls(block.layer_id, block.attention_norm, block.attention, block.ffn_norm, block.feed_forward)
+        return fast.train(block.training)
+
+    def extra_repr(self) -> str:
+        return f"layer_id={self.layer_id}, add+ffn_norm=replab_fast.ops.rms_norm_residual"
+
+
+register_drop_in(reference.Attention, kernel="rope", build=Attention.from_reference, check=kernel_unusable_reason)
+register_drop_in(
+    reference.TransformerBlock, kernel="fused_add_rms_norm", build=TransformerBlock.from_reference,
+    check=kernel_unusable_reason,
+)  # fmt: skip

@@ -1,0 +1,10 @@
+import pytest
+
+from replab_fast.testing import poisoned_memory
+
+
+@pytest.fixture(autouse=True)
+def poison_uninitialized_memory():
+    """Every kernel test runs with uninitialized memory filled with NaN (see poisoned_memory)."""
+    with poisoned_memory():
+        yield

@@ -1,0 +1,251 @@
+"""The LLaMA drop-ins (replab_fast/nn/llama.py, replab_fast/nn/rms_norm.py) in the whole model.
+
+The swapped model (``replab_fast.accelerate``: every TransformerBlock with the fused residual-add +
+RMSNorm, a fast attention_norm and the RoPE kernel inside; the final RMSNorm) must compute the
+reference model's function with the same weights.
+
+Tolerances.
+- float64 (the kernels then compute in fp64): logits and every parameter gradient within
+  1e-10 * scale (scale = max(1, max |reference|)): the two sides differ only in summation order.
+- float32: logits within 1e-5 * scale and every parameter gradient within 1e-5 * scale of the
+  tensor's own magnitude (the reference model's own fp32-vs-fp64 error on this model is of
+  order 1e-6 relative; a wrong rope pair or a missing residual moves the logits by >1e-2).
+- A 5-step SGD run from one seed: losses within 1e-5 relative of the reference's, step by step.
+- bfloat16 under CPU autocast: the 2x rule on the logits against the float64 model.
+The CPU runs the kernels through Triton's interpreter: small shapes, a few seconds per test.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import replab_fast
+from replab_fast import nn as fast_nn
+from replab_fast.models import llama as reference
+from replab_fast.swap import swapped_kernels
+from replab_fast.testing import DEVICES
+
+FAST_CLASSES = (fast_nn.RMSNorm, fast_nn.Attention, fast_nn.TransformerBlock)
+
+def tiny(device="cpu", dtype=torch.float32, seed=0, std=0.1):
+    """llama-tiny with weights drawn wider than the init, so a wrong rope or mask shows in the logits."""
+    torch.manual_seed(seed)
+    model = reference.Llama(reference.LlamaConfig.from_name("tiny"), dtype=dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))  # never all ones
+            else:
+                p.normal_(0.0, std)
+    return model.to(device)
+
+
+def tokens(B=2, T=12, device="cpu", seed=1):
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def close(name, fast, ref, rel):
+    scale = max(1.0, ref.abs().max().item())
+    err = (fast.double() - ref.double()).abs().max().item()
+    assert err <= rel * scale, f"{name}: error {err:.3g} > {rel:g} x {scale:.3g}"
+
+
+def logits_and_grads(model, toks):
+    model.zero_grad(set_to_none=True)
+    logits = model(toks)
+    g = torch.Generator().manual_seed(7)
+    dlogits = torch.randn(logits.shape, generator=g, dtype=torch.float64).to(logits)
+    logits.backward(dlogits)
+    return logits.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+# --------------------------------------------------------------------------------------------
+# What is swapped
+# --------------------------------------------------------------------------------------------
+
+
+def test_accelerate_swaps_blocks_their_children_and_final_norm():
+    model = tiny()
+    params = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    assert replab_fast.accelerate(model) is model
+    report = model.replab_report
+    per_block = [("", "fused_add_rms_norm"), (".attention_norm", "rms_norm"), (".attention", "rope"), (".ffn_norm", "rms_norm")]
+    expected = [(f"layers.{i}{suffix}", k) for i in range(2) for suffix, k in per_block] + [("norm", "rms_norm")]
+    assert [(e.path, e.kernel) for e in report.swapped] == expected
+    assert not report.skipped
+    assert swapped_kernels(model) == ["fused_add_rms_norm", "rms_norm", "rope"]
+    for block in model.layers:
+        assert type(block) is fast_nn.TransformerBlock
+        assert type(block.attention_norm) is fast_nn.RMSNorm
+        assert type(block.attention) is fast_nn.Attention
+        assert type(block.ffn_norm) is fast_nn.RMSNorm  # the fused kernel reads its weight and eps
+    assert type(model.norm) is fast_nn.RMSNorm
+    assert [id(p) for p in model.parameters()] == params
+    assert list(model.state_dict()) == keys
+
+
+def test_rms_norm_drop_in_alone():
+    torch.manual_seed(0)
+    ref = reference.RMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        ref.weight.normal_(1.0, 0.2)
+    fast = fast_nn.RMSNorm.from_reference(ref)
+    assert fast.weight is ref.weight
+    assert list(fast.state_dict()) == ["weight"]
+    assert "replab_fast.ops.rms_norm" in repr(fast)
+    x = torch.randn(3, 7, 48)
+    close("rms_norm", fast(x), ref(x.double()).float(), 2e-6)
+    swapped = replab_fast.accelerate(ref)  # the model itself is the reference module
+    assert type(swapped) is fast_nn.RMSNorm and swapped.weight is ref.weight
+    assert replab_fast.restore(swapped) is ref
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [dict(), dict(rope=False), dict(rms_norm=False), dict(fused_add_rms_norm=False),
+     dict(rope=False, rms_norm=False, fused_add_rms_norm=False)],
+)  # fmt: skip
+def test_each_kernel_turns_off_on_its_own(flags):
+    model = tiny()
+    toks = tokens(T=6)
+    expected = model(toks)
+    replab_fast.accelerate(model, **flags)
+    on = lambda kernel: flags.get(kernel, True)  # noqa: E731
+    for block in model.layers:
+        assert (type(block) is fast_nn.TransformerBlock) == on("fused_add_rms_norm")
+        assert (type(block.attention) is fast_nn.Attention) == on("rope")
+        assert (type(block.attention_norm) is fast_nn.RMSNorm) == on("rms_norm")
+        assert (type(block.ffn_norm) is fast_nn.RMSNorm) == on("rms_norm")
+    assert (type(model.norm) is fast_nn.RMSNorm) == on("rms_norm")
+    for kernel in flags:
+        assert f"{kernel} disabled by the caller" in str(model.replab_report)
+    close(f"logits {flags}", model(toks), expected, 1e-5)
+    replab_fast.restore(model)
+    assert not any(isinstance(m, FAST_CLASSES) for m in model.modules())
+
+
+def test_accelerate_twice_finds_nothing_left():
+    model = tiny()
+    replab_fast.accelerate(model)
+    replab_fast.accelerate(model)
+    assert not model.replab_report.entries
+    replab_fast.restore(model)
+    assert not any(isinstance(m, FAST_CLASSES) for m in model.modules())
+
+
+def test_check_says_why_when_triton_is_missing(monkeypatch):
+    import replab_fast.nn.rms_norm as nn_rms_norm
+
+    monkeypatch.setattr(nn_rms_norm, "_UNAVAILABLE", "Triton is not installed (pip install triton; Linux only)")
+    model = tiny()
+    replab_fast.accelerate(model)
+    assert not model.replab_report.swapped
+    assert "fused_add_rms_norm: Triton is not installed" in str(model.replab_report)
+    assert "rms_norm: Triton is not installed" in str(model.replab_report)
+
+
+def test_meta_model_is_not_swapped():
+    with torch.device("meta"):
+        model = reference.Llama(reference.LlamaConfig.from_name("tiny"))
+    replab_fast.accelerate(model)
+    assert not model.replab_report.swapped
+    assert "is on meta" in str(model.replab_report)
+
+
+# --------------------------------------------------------------------------------------------
+# Parity: logits, every parameter gradient, training, decoding
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,rel_logits,rel_grads", [(torch.float64, 1e-10, 1e-10), (torch.float32, 1e-5, 1e-5)])
+def test_swapped_model_matches_reference(dtype, rel_logits, rel_grads, device):
+    ref = tiny(device, dtype)
+    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    toks = tokens(device=device)
+    ref_logits, ref_grads = logits_and_grads(ref, toks)
+    fast_logits, fast_grads = logits_and_grads(fast, toks)
+    close("logits", fast_logits, ref_logits, rel_logits)
+    assert fast_grads.keys() == ref_grads.keys()
+    for name, g in ref_grads.items():
+        assert g.abs().max() > 0, f"{name} got no gradient"
+        scale = g.abs().max().item()
+        err = (fast_grads[name].double() - g.double()).abs().max().item()
+        assert err <= rel_grads * max(scale, 1e-3), f"grad {name}: error {err:.3g} vs magnitude {scale:.3g}"
+
+
+def test_bfloat16_autocast_follows_the_2x_rule():
+    ref = tiny()
+    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    toks = tokens()
+    with torch.no_grad():
+        exact = copy.deepcopy(ref).double()(toks)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_low = ref(toks)
+            fast_low = fast(toks)
+    ref_err = (ref_low.double() - exact).abs().max().item()
+    fast_err = (fast_low.double() - exact).abs().max().item()
+    assert fast_err <= 2 * ref_err + 1e-3, (fast_err, ref_err)
+
+
+def test_short_training_run_follows_the_reference():
+    spec = replab_fast.get_spec("llama-tiny")
+    losses = {}
+    for which in ("reference", "fast"):
+        model = tiny(seed=3, std=0.02)
+        if which == "fast":
+            replab_fast.accelerate(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        toks = tokens(B=2, T=16, seed=4)
+        curve = []
+        for _ in range(5):
+            optimizer.zero_grad(set_to_none=True)
+            loss = spec.loss(model, (toks,), toks)
+            loss.backward()
+            optimizer.step()
+            curve.append(loss.item())
+        losses[which] = curve
+    assert losses["fast"][-1] < losses["fast"][0]  # it trains
+    for step, (a, b) in enumerate(zip(losses["fast"], losses["reference"])):
+        assert abs(a - b) <= 1e-5 * abs(b), f"step {step}: {a} vs {b}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kv_cache_generation_matches_reference(device):
+    ref = tiny(device)
+    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    prompt = tokens(B=2, T=5, device=device, seed=5)
+    expected = ref.generate(prompt, 6)
+    assert torch.equal(fast.generate(prompt, 6), expected)
+    # Chunked prefill at an offset: the rope kernel reads the tables at the tokens' positions.
+    fast.setup_kv_cache(max_batch_size=2, max_seq_len=16)
+    ref.setup_kv_cache(max_batch_size=2, max_seq_len=16)
+    toks = tokens(B=2, T=9, device=device, seed=6)
+    with torch.no_grad():
+        for start, end in [(0, 4), (4, 5), (5, 9)]:
+            close(f"decode [{start}, {end})", fast(toks[:, start:end], start_pos=start),
+                  ref(toks[:, start:end], start_pos=start), 1e-5)  # fmt: skip
+
+
+def test_accelerate_restore_round_trip_with_training_and_decoding():
+    model = tiny()
+    originals = {p: m for p, m in model.named_modules() if p}
+    toks = tokens()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    replab_fast.accelerate(model)
+    spec = replab_fast.get_spec("llama-tiny")
+    spec.loss(model, (toks,), toks).backward()
+    optimizer.step()  # built before the swap: trains the same tensors
+    model.generate(toks[:, :3], 4)  # sets up a KV cache while accelerated
+    with torch.no_grad():
+        trained = model(toks)
+    assert replab_fast.restore(model) is model
+    for path, module in model.named_modules():
+        if path:
+            assert module is originals[path]
+    assert not any(isinstance(m, FAST_CLASSES) for m in model.modules())
+    assert model.kv_cache_shape is not None  # the cache set up while accelerated came back too
+    with torch.no_grad():
+        close("logits after restore", model(toks), trained, 1e-5)
