@@ -28,6 +28,7 @@ from replab_fast.testing import DEVICES
 
 FAST_CLASSES = (fast_nn.RMSNorm, fast_nn.Attention, fast_nn.TransformerBlock)
 
+
 def tiny(device="cpu", dtype=torch.float32, seed=0, std=0.1):
     """llama-tiny with weights drawn wider than the init, so a wrong rope or mask shows in the logits."""
     torch.manual_seed(seed)
