@@ -1,6 +1,8 @@
+import torch
+
 import replab_fast
 from replab_fast.cli import main
-from replab_fast.demo import RELATIVE_TOLERANCE, DemoRow, demo_models, summary
+from replab_fast.demo import RELATIVE_TOLERANCE, DemoRow, _parity, demo_models, summary
 
 
 def test_models_table_lists_every_model_with_counts(capsys):
@@ -24,8 +26,17 @@ def test_demo_unknown_model_is_an_error(capsys):
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
 
+def test_parity_rule_allows_twice_the_references_own_error():
+    exact = {"output": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    ref = {"output": exact["output"] + 1e-3}
+    within = {"output": exact["output"] - 2e-3}
+    beyond = {"output": exact["output"] + 2e-3 + 5 * RELATIVE_TOLERANCE * 2.0}
+    assert _parity(within, ref, exact)[2] == []
+    assert _parity(beyond, ref, exact)[2] == ["output"]
+
+
 def test_demo_fails_on_a_fast_path_outside_tolerance():
-    good = DemoRow("a", 1, ["k"], max_error=0.0, scale=10.0, reference_ms=1.0, fast_ms=1.0)
-    bad = DemoRow("b", 1, ["k"], max_error=20 * RELATIVE_TOLERANCE, scale=10.0, reference_ms=1.0, fast_ms=1.0)
+    good = DemoRow("a", 1, ["k"], 0.0, 0.0, reference_ms=1.0, fast_ms=1.0)
+    bad = DemoRow("b", 1, ["k"], 1.0, 0.0, reference_ms=1.0, fast_ms=1.0, outside_tolerance=["output"])
     assert good.passed and not bad.passed
     assert summary([good, bad]).startswith("demo: FAIL (b)")
