@@ -6,11 +6,12 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: help torch install install-test demo test
+.PHONY: help torch ninja install install-test demo test cuda-compile-check
 
 help:
 	@echo "make demo   install, then run every model family reference vs fast (replab-fast demo)"
 	@echo "make test   install with the test extras, then run the test suite"
+	@echo "make cuda-compile-check  compile every csrc/*.cu with nvcc for sm_80 and sm_90, warnings as errors (no GPU needed)"
 	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
 	@echo "make gpu-check  on a CUDA machine: build, tests, benchmarks, report -> bench/results/<gpu>_<date>/"
 
@@ -22,11 +23,21 @@ torch:
 	  $(PIP) install --no-deps --index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
 	  $(PIP) install "torch==$(TORCH_VERSION)"; }
 
-install: torch
+# The C++/CUDA extension (csrc/) builds with ninja; without it (and no network to get it)
+# torch's builder falls back to a slower serial build, and says so.
+ninja:
+	@command -v ninja >/dev/null 2>&1 || $(PIP) install ninja || echo "ninja: not found and not installable; the extension builds without it (slower)"
+
+install: torch ninja
 	$(PIP) install --no-build-isolation -e .
 
-install-test: torch
+install-test: torch ninja
 	$(PIP) install --no-build-isolation -e ".[test]"
+
+# Every csrc/*.cu compiled (-c only) for sm_80 and sm_90 with warnings as errors, against the
+# installed torch's headers: a CUDA compile error fails CI on a machine without a GPU.
+cuda-compile-check: torch
+	PYTHON=$(PYTHON) bash scripts/cuda_compile_check.sh
 
 demo: install
 	$(PYTHON) -m replab_fast.cli demo

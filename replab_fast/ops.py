@@ -10,13 +10,17 @@ Importing this module imports triton (``replab_fast.kernels.unavailable_reason()
 importing it, whether that will work here).
 """
 
+import math
+from typing import Optional
+
 from torch import Tensor
 from torch import ops as _torch_ops
 
+from .kernels import attention as _attention  # noqa: F401  (registers replab_fast::attention*)
 from .kernels import rms_norm as _rms_norm  # noqa: F401  (registers replab_fast::rms_norm*)
 from .kernels import rope as _rope  # noqa: F401  (registers replab_fast::rope*)
 
-__all__ = ["rms_norm", "rms_norm_residual", "rope"]
+__all__ = ["attention", "conv2d", "rms_norm", "rms_norm_residual", "rope"]
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
@@ -71,3 +75,65 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, *, interleaved: bool = 
         the negative angles.
     """
     return _torch_ops.replab_fast.rope(q, k, cos, sin, bool(interleaved))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: Optional[float] = None) -> Tensor:
+    """Fused softmax attention (FlashAttention-2 forward and backward, flash-decoding for few queries).
+
+    Args:
+        q: (B, T, Hq, D) queries; D from 16 to 256 (any, not only powers of two).
+        k, v: (B, S, Hk, D) keys and values, Hk dividing Hq (grouped- and multi-query attention:
+            query head h reads KV head h // (Hq / Hk); K/V are never repeated in memory).
+            q, k, v are read through their strides (e.g. (B, H, T, D) storage transposed to
+            (B, T, H, D), or slices of a fused projection); only a strided last dimension is copied.
+        causal: mask aligned to the end of the keys: query i sees keys j <= i + S - T (the T
+            queries are the last T positions of the S keys, e.g. a new chunk against a KV cache);
+            needs T <= S.
+        scale: the softmax scale, default 1 / sqrt(D).
+
+    Returns:
+        (B, T, Hq, D), contiguous, q's dtype (float16 / bfloat16 / float32 / float64; q, k, v share
+        it). Online softmax in fp32 (fp64 for float64), never a T x S matrix in memory; fp16/bf16
+        products accumulate in fp32 with P rounded to the input dtype (as FlashAttention does);
+        float32 runs 3xTF32 products on CUDA (about fp32 accuracy, not plain TF32's ~1e-3) and fp32
+        on the CPU; float64 runs in float64. Differentiable in q, k and v (FlashAttention-2
+        recomputation from the saved logsumexp; dk/dv reduced over each KV group's query heads).
+        With T * Hq / Hk <= 64 (decoding) the keys are split across programs and combined
+        (flash-decoding). Same function as ``replab_fast.models.llama.attention_ref``.
+    """
+    D = q.shape[-1] if isinstance(q, Tensor) and q.dim() > 0 else 1
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    return _torch_ops.replab_fast.attention(q, k, v, bool(causal), scale)[0]
+
+
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: Optional[str] = None,
+    pool: Optional[tuple] = None,
+) -> Tensor:
+    """Fused convolution + activation + pooling (C++/CUDA extension, ``torch.ops.replab_fast.conv2d``).
+
+    ``y = pool(act(conv2d(x, weight, bias, stride, padding, dilation, groups)))`` in one op.
+
+    Args:
+        x: (N, C, H, W); CPU: float32 / float64; CUDA: float16 / bfloat16 / float32 (fp32
+            accumulation) / float64. Any strides.
+        weight: (K, C / groups, R, S), x's dtype and device; bias: (K,) or None.
+        stride, padding, dilation: int or (height, width); groups divides C and K.
+        activation: None, "relu", "tanh" or "scaled_tanh" (LeNet-5's 1.7159 * tanh(2x/3)).
+        pool: None, ("max", k, s) or ("avg", k, s), k and s ints or pairs; no padding, floor mode.
+
+    Returns:
+        (N, K, PH, PW) in x's dtype. Differentiable in x, weight and bias (backward written in
+        csrc/ too). The extension is loaded at the first call (``replab_fast.kernels.conv2d``):
+        a missing or stale build raises ImportError with the command that builds it.
+    """
+    from .kernels import conv2d as _conv2d  # loads replab_fast._C (not at import of ops: Triton ops need no build)
+
+    return _conv2d.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, pool)

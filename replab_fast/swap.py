@@ -5,6 +5,16 @@ A kernel registers a *drop-in* for one reference module class::
     register_drop_in(RMSNorm, kernel="rms_norm", build=FastRMSNorm.from_reference,
                      check=lambda m: None if triton_usable(m) else "Triton not installed")
 
+A drop-in may carry several kernels that replace different parts of one reference module (the
+LLaMA ``Attention`` drop-in: "rope" for the rotation, "attention" for the attention core). It
+names them all, gives a check per kernel, and its build receives the kernels to use: those the
+caller left on and whose check passed. Each kernel is thus turned off on its own, and the report
+says, per swapped module, which kernels it uses and why the others were left out::
+
+    register_drop_in(Attention, kernel=("rope", "attention"), build=FastAttention.from_reference,
+                     check={"rope": rope_reason, "attention": attention_reason})
+    # build(module, ("rope",)) when accelerate(model, attention=False)
+
 ``accelerate(model)`` walks the model, and for every submodule whose class is exactly a
 registered reference class it builds the drop-in and puts it in the parent's place, then walks
 on into the drop-in's children (a fused block may keep reference children that have drop-ins
@@ -20,33 +30,72 @@ Nothing here patches a class or a global: a swap touches one model instance and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 BuildFn = Callable[[nn.Module], nn.Module]  # reference module -> drop-in sharing its tensors
+# Several kernels: (reference module, the kernels to use, a non-empty subset) -> drop-in
+MultiBuildFn = Callable[[nn.Module, tuple], nn.Module]
 CheckFn = Callable[[nn.Module], Optional[str]]  # reference module -> reason it can't swap, or None
 
 
 @dataclass(frozen=True)
 class DropIn:
     reference: type  # the reference nn.Module class it replaces (exact class, not subclasses)
-    kernel: str  # the kernel's name: accelerate(model, <kernel>=False) leaves it out
-    build: BuildFn
-    check: Optional[CheckFn] = None  # e.g. "Triton is not installed", "dtype float64 unsupported"
+    kernel: Union[str, tuple[str, ...]]  # its kernel's name (or names): accelerate(model, <kernel>=False)
+    build: Union[BuildFn, MultiBuildFn]  # build(module), or build(module, kernels) for several kernels
+    # e.g. "Triton is not installed": one check, or one per kernel ({name: check}) for several kernels
+    check: Union[CheckFn, Mapping[str, CheckFn], None] = None
+    # False for an instance the drop-in is not about at all (a Sequential without a convolution
+    # for the fused conv): accelerate then treats it as unregistered, with no report entry.
+    applies: Optional[Callable[[nn.Module], bool]] = None
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """The kernels this drop-in carries."""
+        return (self.kernel,) if isinstance(self.kernel, str) else tuple(self.kernel)
+
+    def unusable_reason(self, kernel: str, module: nn.Module) -> Optional[str]:
+        """Why ``kernel`` of this drop-in cannot run ``module``, or None."""
+        check = self.check.get(kernel) if isinstance(self.check, Mapping) else self.check
+        return check(module) if check is not None else None
+
+    def make(self, module: nn.Module, kernels: tuple[str, ...]) -> nn.Module:
+        """The drop-in for ``module`` using ``kernels`` (all of its kernels for a one-kernel drop-in)."""
+        return self.build(module) if isinstance(self.kernel, str) else self.build(module, kernels)
 
 
 _DROP_INS: dict[type, list[DropIn]] = {}
 
 
 def register_drop_in(
-    reference: type, *, kernel: str, build: BuildFn, check: Optional[CheckFn] = None
+    reference: type,
+    *,
+    kernel: Union[str, Sequence[str]],
+    build: Union[BuildFn, MultiBuildFn],
+    check: Union[CheckFn, Mapping[str, CheckFn], None] = None,
+    applies: Optional[Callable[[nn.Module], bool]] = None,
 ) -> DropIn:
-    """Register a fast replacement for ``reference``; the first usable one registered wins."""
+    """Register a fast replacement for ``reference``; the first usable one registered wins.
+
+    ``kernel`` is one name, or several for a drop-in that carries several kernels; then ``build``
+    takes ``(module, kernels)`` (the enabled, usable subset) and ``check`` may be a mapping from
+    kernel name to its check.
+    """
     if not (isinstance(reference, type) and issubclass(reference, nn.Module)):
         raise TypeError(f"reference must be an nn.Module subclass, got {reference!r}")
-    drop_in = DropIn(reference, kernel, build, check)
+    if not isinstance(kernel, str):
+        kernel = tuple(kernel)
+        if not kernel or not all(isinstance(k, str) for k in kernel) or len(set(kernel)) != len(kernel):
+            raise ValueError(f"kernel must be a name or distinct names, got {kernel!r}")
+    if isinstance(check, Mapping):
+        names = (kernel,) if isinstance(kernel, str) else kernel
+        unknown = sorted(set(check) - set(names))
+        if unknown:
+            raise ValueError(f"checks for kernels the drop-in does not carry: {', '.join(unknown)}")
+    drop_in = DropIn(reference, kernel, build, check, applies)
     _DROP_INS.setdefault(reference, []).append(drop_in)
     return drop_in
 
@@ -66,7 +115,7 @@ def _load_drop_ins() -> None:
 def registered_kernels() -> list[str]:
     """Names of the kernels that have at least one drop-in registered."""
     _load_drop_ins()
-    return sorted({d.kernel for entries in _DROP_INS.values() for d in entries})
+    return sorted({k for entries in _DROP_INS.values() for d in entries for k in d.kernels})
 
 
 # --------------------------------------------------------------------------- tensor sharing
@@ -135,9 +184,10 @@ def _verify_shares_tensors(fast: nn.Module, reference: nn.Module) -> None:
 class SwapEntry:
     path: str  # the submodule's dotted path in the model ("" for the model itself)
     reference: str  # reference class name
-    kernel: Optional[str]  # the drop-in's kernel, None when none is registered
+    kernel: Optional[str]  # the kernel(s) swapped in ("rope+attention" for several), None when not swapped
     swapped: bool
-    reason: str = ""  # why it was not swapped
+    reason: str = ""  # why it was not swapped; when swapped, why some of the drop-in's kernels were left out
+    kernels: tuple[str, ...] = ()  # the kernels the swapped-in drop-in uses
 
 
 @dataclass
@@ -154,14 +204,17 @@ class SwapReport:
 
     def kernels(self) -> list[str]:
         """The kernels swapped in, each once."""
-        return sorted({e.kernel for e in self.swapped if e.kernel})
+        return sorted({k for e in self.swapped for k in e.kernels})
 
     def __str__(self) -> str:
         if not self.entries:
             return "no submodule of this model has a registered fast drop-in"
         lines = []
         for e in self.entries:
-            status = f"swapped ({e.kernel})" if e.swapped else f"kept: {e.reason}"
+            if e.swapped:
+                status = f"swapped ({', '.join(e.kernels)})" + (f"; left out: {e.reason}" if e.reason else "")
+            else:
+                status = f"kept: {e.reason}"
             lines.append(f"{e.path or '<model>'} [{e.reference}]: {status}")
         return "\n".join(lines)
 
@@ -172,39 +225,50 @@ class _Swap:
     name: str
     original: nn.Module
     fast: nn.Module
-    kernel: str
+    kernels: tuple[str, ...]
 
 
 # --------------------------------------------------------------------------- accelerate / restore
 
 
-def _choose(module: nn.Module, enabled: dict[str, bool]) -> tuple[Optional[DropIn], str]:
-    """The first usable drop-in for ``module``, or None and the reason."""
+def _applicable(module: nn.Module) -> list[DropIn]:
+    """The drop-ins registered for ``module``'s exact class that apply to this instance."""
+    return [d for d in _DROP_INS.get(type(module), []) if d.applies is None or d.applies(module)]
+
+
+def _choose(module: nn.Module, enabled: dict[str, bool]) -> tuple[Optional[DropIn], tuple[str, ...], str]:
+    """The first drop-in for ``module`` with at least one usable kernel, the kernels it will use
+    and why its other kernels were left out; or None, () and the reasons."""
     reasons = []
-    for drop_in in _DROP_INS.get(type(module), []):
-        if not enabled.get(drop_in.kernel, True):
-            reasons.append(f"{drop_in.kernel} disabled by the caller")
-            continue
-        reason = drop_in.check(module) if drop_in.check else None
-        if reason:
-            reasons.append(f"{drop_in.kernel}: {reason}")
-            continue
-        return drop_in, ""
-    return None, "; ".join(reasons)
+    for drop_in in _applicable(module):
+        usable, left_out = [], []
+        for kernel in drop_in.kernels:
+            if not enabled.get(kernel, True):
+                left_out.append(f"{kernel} disabled by the caller")
+                continue
+            reason = drop_in.unusable_reason(kernel, module)
+            if reason:
+                left_out.append(f"{kernel}: {reason}")
+                continue
+            usable.append(kernel)
+        if usable:
+            return drop_in, tuple(usable), "; ".join(left_out)
+        reasons += left_out
+    return None, (), "; ".join(reasons)
 
 
 def _swap_one(module: nn.Module, path: str, enabled: dict[str, bool], report: SwapReport) -> Optional[nn.Module]:
     """The drop-in for ``module`` if one is registered and usable, else None; the report says which."""
-    if type(module) not in _DROP_INS:
+    if not _applicable(module):
         return None
-    drop_in, reason = _choose(module, enabled)
+    drop_in, kernels, reason = _choose(module, enabled)
     if drop_in is None:
         report.entries.append(SwapEntry(path, type(module).__name__, None, False, reason))
         return None
-    fast = drop_in.build(module)
+    fast = drop_in.make(module, kernels)
     _verify_shares_tensors(fast, module)
     fast.train(module.training)
-    report.entries.append(SwapEntry(path, type(module).__name__, drop_in.kernel, True))
+    report.entries.append(SwapEntry(path, type(module).__name__, "+".join(kernels), True, reason, kernels))
     return fast
 
 
@@ -217,7 +281,7 @@ def _swap_children(parent: nn.Module, prefix: str, enabled, report: SwapReport, 
         fast = _swap_one(child, path, enabled, report)
         if fast is not None:
             setattr(parent, name, fast)
-            swaps.append(_Swap(parent, name, child, fast, report.entries[-1].kernel))
+            swaps.append(_Swap(parent, name, child, fast, report.entries[-1].kernels))
         _swap_children(fast if fast is not None else child, path, enabled, report, swaps)
 
 
@@ -238,7 +302,7 @@ def accelerate(model: nn.Module, **which: bool) -> nn.Module:
     swaps: list[_Swap] = []
     root = _swap_one(model, "", which, report)
     if root is not None:
-        swaps.append(_Swap(None, "", model, root, report.entries[-1].kernel))
+        swaps.append(_Swap(None, "", model, root, report.entries[-1].kernels))
     else:
         root = model
     _swap_children(root, "", which, report, swaps)
@@ -267,4 +331,4 @@ def restore(model: nn.Module) -> nn.Module:
 
 def swapped_kernels(model: nn.Module) -> list[str]:
     """The kernels currently swapped into ``model``."""
-    return sorted({s.kernel for s in model.__dict__.get("_replab_swaps", [])})
+    return sorted({k for s in model.__dict__.get("_replab_swaps", []) for k in s.kernels})

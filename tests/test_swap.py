@@ -185,3 +185,83 @@ def test_report_of_a_model_with_nothing_to_swap():
     model, _, _ = model_and_batch("autoencoder-deep")
     replab_fast.accelerate(model)
     assert "no submodule" in str(model.replab_report)
+
+
+# --------------------------------------------------------------------------------------------
+# Drop-ins carrying several kernels (the LLaMA Attention: "rope" and "attention")
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def multi_probe_registered(reference_cls, kernels=("probe_a", "probe_b"), check=None):
+    """A probe drop-in carrying several kernels; its build records the kernels it was given."""
+    swap.registered_kernels()
+    probe_cls = make_probe_class(reference_cls)
+    built_with = []
+
+    def build(reference, used):
+        built_with.append(used)
+        return build_probe(probe_cls)(reference)
+
+    with mock.patch.dict(swap._DROP_INS, clear=True):
+        register_drop_in(reference_cls, kernel=kernels, build=build, check=check)
+        yield probe_cls, built_with
+
+
+def test_a_multi_kernel_drop_in_gets_the_enabled_subset():
+    n_norms = 5  # llama-tiny: 2 x (attention_norm, ffn_norm) + the final norm
+    for flags, used in [(dict(), ("probe_a", "probe_b")), (dict(probe_a=False), ("probe_b",)),
+                        (dict(probe_b=False), ("probe_a",))]:  # fmt: skip
+        model, inputs, _ = model_and_batch("llama-tiny")
+        with multi_probe_registered(RMSNorm) as (probe_cls, built_with):
+            assert swap.registered_kernels() == ["probe_a", "probe_b"]
+            replab_fast.accelerate(model, **flags)
+            assert built_with == [used] * n_norms
+            report = model.replab_report
+            assert [e.kernels for e in report.swapped] == [used] * n_norms
+            assert report.kernels() == sorted(used) and swap.swapped_kernels(model) == sorted(used)
+            assert all(e.kernel == "+".join(used) for e in report.swapped)
+            for kernel in flags:
+                assert all(e.reason == f"{kernel} disabled by the caller" for e in report.swapped)
+                assert f"swapped ({used[0]}); left out: {kernel} disabled by the caller" in str(report)
+            replab_fast.restore(model)
+
+
+def test_a_multi_kernel_drop_in_checks_each_kernel():
+    model, _, _ = model_and_batch("llama-tiny")
+    checks = {"probe_a": lambda m: None, "probe_b": lambda m: f"dim {m.dim} unsupported"}
+    with multi_probe_registered(RMSNorm, check=checks) as (probe_cls, built_with):
+        replab_fast.accelerate(model)
+        assert set(built_with) == {("probe_a",)}
+        assert all(e.reason == "probe_b: dim 64 unsupported" for e in model.replab_report.swapped)
+        replab_fast.restore(model)
+        replab_fast.accelerate(model, probe_a=False)  # nothing usable left: kept, with both reasons
+        assert not model.replab_report.swapped
+        assert {e.reason for e in model.replab_report.skipped} == {
+            "probe_a disabled by the caller; probe_b: dim 64 unsupported"
+        }
+
+
+def test_a_single_check_applies_to_every_kernel_and_bad_registrations_are_refused():
+    model, _, _ = model_and_batch("llama-tiny")
+    with multi_probe_registered(RMSNorm, check=lambda m: "needs a CUDA device"):
+        replab_fast.accelerate(model)
+        assert {e.reason for e in model.replab_report.skipped} == {
+            "probe_a: needs a CUDA device; probe_b: needs a CUDA device"
+        }
+    build = build_probe(make_probe_class(RMSNorm))
+    with pytest.raises(ValueError, match="checks for kernels the drop-in does not carry: probe_c"):
+        register_drop_in(RMSNorm, kernel=("probe_a",), build=build, check={"probe_c": lambda m: None})
+    with pytest.raises(ValueError, match="distinct names"):
+        register_drop_in(RMSNorm, kernel=("probe_a", "probe_a"), build=build)
+
+
+def test_a_drop_in_that_does_not_apply_is_not_reported():
+    model, _, _ = model_and_batch("llama-tiny")
+    swap.registered_kernels()
+    with mock.patch.dict(swap._DROP_INS, clear=True):
+        register_drop_in(RMSNorm, kernel="probe", build=build_probe(make_probe_class(RMSNorm)),
+                         applies=lambda m: m is model.norm)  # fmt: skip
+        replab_fast.accelerate(model)
+    assert [e.path for e in model.replab_report.entries] == ["norm"]
+    replab_fast.restore(model)

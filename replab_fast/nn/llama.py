@@ -1,8 +1,12 @@
-"""Drop-ins for the reference LLaMA's ``Attention`` (kernel "rope") and ``TransformerBlock``
-(kernel "fused_add_rms_norm").
+"""Drop-ins for the reference LLaMA's ``Attention`` (kernels "rope" and "attention") and
+``TransformerBlock`` (kernel "fused_add_rms_norm").
 
-``Attention`` overrides ``rotate`` with ``replab_fast.ops.rope`` (one launch for q and k, Meta's
-interleaved pairs), for training and for KV-cache decoding.
+``Attention`` carries two kernels, each switchable on its own (``accelerate(model, rope=False)``
+keeps the fused attention, ``attention=False`` keeps the RoPE kernel): "rope" overrides ``rotate``
+with ``replab_fast.ops.rope`` (one launch for q and k, Meta's interleaved pairs), "attention"
+overrides ``attend`` with ``replab_fast.ops.attention`` (FlashAttention-2 forward and backward;
+flash-decoding over the KV cache when a few tokens are decoded), for training and for KV-cache
+decoding alike. The KV cache slice ``cache_k[:B, :end]`` is read in place through its strides.
 
 ``TransformerBlock`` runs ``h = x + attention(...)`` and ``ffn_norm(h)`` as one fused kernel
 (``replab_fast.ops.rms_norm_residual``). It keeps the reference block's children; ``accelerate``
@@ -23,10 +27,13 @@ from ..models import llama as reference
 from ..swap import adopt_tensors, register_drop_in
 from .rms_norm import kernel_unusable_reason
 
+ATTENTION_KERNELS = ("rope", "attention")  # what the Attention drop-in can carry
+_MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 256  # replab_fast.kernels.attention's range (not imported: no triton here)
+
 if unavailable_reason() is None:  # the Triton kernels can run here (else every check says why not)
     from .. import ops
 
-__all__ = ["Attention", "TransformerBlock"]
+__all__ = ["Attention", "TransformerBlock", "attention_unusable_reason"]
 
 
 def _config_like(attention: reference.Attention) -> reference.LlamaConfig:
@@ -43,25 +50,59 @@ def _config_like(attention: reference.Attention) -> reference.LlamaConfig:
     return config
 
 
+def attention_unusable_reason(module: reference.Attention) -> Optional[str]:
+    """Why ``replab_fast.ops.attention`` cannot run ``module``, or None (the check of kernel "attention")."""
+    reason = kernel_unusable_reason(module)
+    if reason is None and not _MIN_HEAD_DIM <= module.head_dim <= _MAX_HEAD_DIM:
+        reason = (
+            f"head dim {module.head_dim} unsupported (the attention kernels take {_MIN_HEAD_DIM} to {_MAX_HEAD_DIM})"
+        )
+    return reason
+
+
 class Attention(reference.Attention):
-    """Grouped-query attention with RoPE by ``replab_fast.ops.rope`` (one launch for q and k).
+    """Grouped-query attention with RoPE by ``replab_fast.ops.rope`` and the attention core by
+    ``replab_fast.ops.attention``, each used when named in ``kernels``.
 
     A drop-in for ``replab_fast.models.llama.Attention``: the same projections (wq, wk, wv, wo)
-    and KV-cache buffers; ``attend`` is still the reference's.
+    and KV-cache buffers (state_dict keys unchanged); ``forward`` is the reference's.
     """
+
+    def __init__(self, config: reference.LlamaConfig, *, kernels=ATTENTION_KERNELS, device=None, dtype=None) -> None:
+        super().__init__(config, device=device, dtype=dtype)
+        unknown = sorted(set(kernels) - set(ATTENTION_KERNELS))
+        if unknown or not kernels:
+            raise ValueError(f"Attention kernels must be a non-empty subset of {ATTENTION_KERNELS}, got {kernels!r}")
+        self.kernels = tuple(k for k in ATTENTION_KERNELS if k in kernels)
 
     def rotate(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """RoPE on queries (B, T, Hq, D) and keys (B, T, Hk, D); cos, sin: (T, D/2)."""
+        if "rope" not in self.kernels:
+            return super().rotate(q, k, cos, sin)
         return ops.rope(q, k, cos, sin, interleaved=True)  # (B, T, Hq, D), (B, T, Hk, D)
 
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
+        """Attention core: q (B, T, Hq, D), k and v (B, S, Hk, D) -> (B, T, Hq, D) in q's dtype.
+
+        k and v may be views of the KV cache, read in place. When their dtype differs from q's
+        (a float32 cache under bfloat16 autocast), all three are computed in the promoted dtype,
+        as the reference computes in at least float32.
+        """
+        if "attention" not in self.kernels:
+            return super().attend(q, k, v, causal)
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+        out = ops.attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=causal)  # (B, T, Hq, D)
+        return out.to(q.dtype)
+
     @classmethod
-    def from_reference(cls, ref: reference.Attention) -> "Attention":
-        """A drop-in sharing ``ref``'s projections and KV cache (the same tensors)."""
-        fast = cls(_config_like(ref), device="meta", dtype=ref.wq.weight.dtype)
+    def from_reference(cls, ref: reference.Attention, kernels=ATTENTION_KERNELS) -> "Attention":
+        """A drop-in using ``kernels``, sharing ``ref``'s projections and KV cache (the same tensors)."""
+        fast = cls(_config_like(ref), kernels=kernels, device="meta", dtype=ref.wq.weight.dtype)
         return adopt_tensors(fast, ref)
 
     def extra_repr(self) -> str:
-        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, rope=replab_fast.ops.rope"
+        ops_used = ", ".join(f"{k}=replab_fast.ops.{k}" for k in self.kernels)
+        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, {ops_used}"
 
 
 class TransformerBlock(reference.TransformerBlock):
@@ -99,7 +140,10 @@ class TransformerBlock(reference.TransformerBlock):
         return f"layer_id={self.layer_id}, add+ffn_norm=replab_fast.ops.rms_norm_residual"
 
 
-register_drop_in(reference.Attention, kernel="rope", build=Attention.from_reference, check=kernel_unusable_reason)
+register_drop_in(
+    reference.Attention, kernel=ATTENTION_KERNELS, build=Attention.from_reference,
+    check={"rope": kernel_unusable_reason, "attention": attention_unusable_reason},
+)  # fmt: skip
 register_drop_in(
     reference.TransformerBlock, kernel="fused_add_rms_norm", build=TransformerBlock.from_reference,
     check=kernel_unusable_reason,

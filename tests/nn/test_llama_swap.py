@@ -1,8 +1,10 @@
 """The LLaMA drop-ins (replab_fast/nn/llama.py, replab_fast/nn/rms_norm.py) in the whole model.
 
 The swapped model (``replab_fast.accelerate``: every TransformerBlock with the fused residual-add +
-RMSNorm, a fast attention_norm and the RoPE kernel inside; the final RMSNorm) must compute the
-reference model's function with the same weights.
+RMSNorm, a fast attention_norm, and an Attention with the RoPE kernel and the fused attention
+kernel inside; the final RMSNorm) must compute the reference model's function with the same
+weights, in training (full sequence) and in KV-cache generation (prefill, chunks, and single
+tokens through the flash-decoding path).
 
 Tolerances.
 - float64 (the kernels then compute in fp64): logits and every parameter gradient within
@@ -72,11 +74,14 @@ def test_accelerate_swaps_blocks_their_children_and_final_norm():
     keys = list(model.state_dict())
     assert replab_fast.accelerate(model) is model
     report = model.replab_report
-    per_block = [("", "fused_add_rms_norm"), (".attention_norm", "rms_norm"), (".attention", "rope"), (".ffn_norm", "rms_norm")]
-    expected = [(f"layers.{i}{suffix}", k) for i in range(2) for suffix, k in per_block] + [("norm", "rms_norm")]
-    assert [(e.path, e.kernel) for e in report.swapped] == expected
-    assert not report.skipped
-    assert swapped_kernels(model) == ["fused_add_rms_norm", "rms_norm", "rope"]
+    per_block = [("", ("fused_add_rms_norm",)), (".attention_norm", ("rms_norm",)),
+                 (".attention", ("rope", "attention")), (".ffn_norm", ("rms_norm",))]  # fmt: skip
+    expected = [(f"layers.{i}{suffix}", k) for i in range(2) for suffix, k in per_block] + [("norm", ("rms_norm",))]
+    assert [(e.path, e.kernels) for e in report.swapped] == expected
+    assert not report.skipped and not any(e.reason for e in report.entries)
+    assert "layers.0.attention [Attention]: swapped (rope, attention)" in str(report)
+    assert swapped_kernels(model) == ["attention", "fused_add_rms_norm", "rms_norm", "rope"]
+    assert report.kernels() == ["attention", "fused_add_rms_norm", "rms_norm", "rope"]
     for block in model.layers:
         assert type(block) is fast_nn.TransformerBlock
         assert type(block.attention_norm) is fast_nn.RMSNorm
@@ -105,8 +110,8 @@ def test_rms_norm_drop_in_alone():
 
 @pytest.mark.parametrize(
     "flags",
-    [dict(), dict(rope=False), dict(rms_norm=False), dict(fused_add_rms_norm=False),
-     dict(rope=False, rms_norm=False, fused_add_rms_norm=False)],
+    [dict(), dict(rope=False), dict(attention=False), dict(rms_norm=False), dict(fused_add_rms_norm=False),
+     dict(rope=False, attention=False), dict(rope=False, attention=False, rms_norm=False, fused_add_rms_norm=False)],
 )  # fmt: skip
 def test_each_kernel_turns_off_on_its_own(flags):
     model = tiny()
@@ -116,7 +121,9 @@ def test_each_kernel_turns_off_on_its_own(flags):
     on = lambda kernel: flags.get(kernel, True)  # noqa: E731
     for block in model.layers:
         assert (type(block) is fast_nn.TransformerBlock) == on("fused_add_rms_norm")
-        assert (type(block.attention) is fast_nn.Attention) == on("rope")
+        assert (type(block.attention) is fast_nn.Attention) == (on("rope") or on("attention"))
+        if type(block.attention) is fast_nn.Attention:
+            assert block.attention.kernels == tuple(k for k in ("rope", "attention") if on(k))
         assert (type(block.attention_norm) is fast_nn.RMSNorm) == on("rms_norm")
         assert (type(block.ffn_norm) is fast_nn.RMSNorm) == on("rms_norm")
     assert (type(model.norm) is fast_nn.RMSNorm) == on("rms_norm")
@@ -147,6 +154,60 @@ def test_check_says_why_when_triton_is_missing(monkeypatch):
     assert "rms_norm: Triton is not installed" in str(model.replab_report)
 
 
+def test_rope_and_attention_are_used_as_enabled(monkeypatch):
+    """The Attention drop-in calls exactly the ops of the kernels it was built with."""
+    from replab_fast import ops
+
+    calls = {"rope": 0, "attention": 0}
+    for name in calls:
+        real = getattr(ops, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, counting)
+    for flags, expected in [(dict(), (2, 2)), (dict(rope=False), (0, 2)), (dict(attention=False), (2, 0))]:
+        calls.update(rope=0, attention=0)
+        model = replab_fast.accelerate(tiny(), **flags)
+        model(tokens(T=4))
+        assert (calls["rope"], calls["attention"]) == expected, flags  # one call per layer
+        left_out = [e.reason for e in model.replab_report.swapped if e.path.endswith("attention")]
+        assert left_out == ["; ".join(f"{k} disabled by the caller" for k in flags)] * 2
+
+
+def test_attention_check_gives_its_reason():
+    """A head dim the attention kernels do not take: the drop-in still carries rope, and says why."""
+    config = reference.LlamaConfig(dim=48, n_layers=1, n_heads=6, n_kv_heads=2, vocab_size=32, multiple_of=16,
+                                   max_seq_len=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = reference.Llama(config)  # head dim 8
+    toks = tokens(T=5)
+    with torch.no_grad():
+        expected = model(toks % 32)
+    replab_fast.accelerate(model)
+    entry = next(e for e in model.replab_report.swapped if e.path == "layers.0.attention")
+    assert entry.kernels == ("rope",)
+    assert entry.reason == "attention: head dim 8 unsupported (the attention kernels take 16 to 256)"
+    assert "swapped (rope); left out: attention: head dim 8 unsupported" in str(model.replab_report)
+    with torch.no_grad():
+        close("logits", model(toks % 32), expected, 1e-5)
+
+
+def test_attend_promotes_a_float32_cache_under_autocast():
+    """bfloat16 queries against a float32 KV cache (autocast generation): computed in float32, as
+    the reference computes, and returned in the queries' dtype."""
+    ref = reference.Attention(reference.LlamaConfig.from_name("tiny"))
+    fast = fast_nn.Attention.from_reference(ref)
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 1, 4, 16, generator=g).bfloat16()
+    k, v = torch.randn(2, 2, 9, 2, 16, generator=g).unbind(0)
+    out = fast.attend(q, k, v, causal=True)
+    expected = ref.attend(q, k, v, causal=True)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    close("attend", out, expected, 2 ** -8)  # the same fp32 result, rounded once to bfloat16
+
+
 def test_meta_model_is_not_swapped():
     with torch.device("meta"):
         model = reference.Llama(reference.LlamaConfig.from_name("tiny"))
@@ -161,11 +222,13 @@ def test_meta_model_is_not_swapped():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T", [12, 40])  # 40 tokens x 2 heads per KV head > 64 rows: the FlashAttention-2
+# forward kernel; 12: the few-rows (flash-decoding) forward. Same backward kernels.
 @pytest.mark.parametrize("dtype,rel_logits,rel_grads", [(torch.float64, 1e-10, 1e-10), (torch.float32, 1e-5, 1e-5)])
-def test_swapped_model_matches_reference(dtype, rel_logits, rel_grads, device):
+def test_swapped_model_matches_reference(dtype, rel_logits, rel_grads, T, device):
     ref = tiny(device, dtype)
     fast = replab_fast.accelerate(copy.deepcopy(ref))
-    toks = tokens(device=device)
+    toks = tokens(T=T, device=device)
     ref_logits, ref_grads = logits_and_grads(ref, toks)
     fast_logits, fast_grads = logits_and_grads(fast, toks)
     close("logits", fast_logits, ref_logits, rel_logits)
@@ -220,12 +283,15 @@ def test_kv_cache_generation_matches_reference(device):
     prompt = tokens(B=2, T=5, device=device, seed=5)
     expected = ref.generate(prompt, 6)
     assert torch.equal(fast.generate(prompt, 6), expected)
-    # Chunked prefill at an offset: the rope kernel reads the tables at the tokens' positions.
-    fast.setup_kv_cache(max_batch_size=2, max_seq_len=16)
-    ref.setup_kv_cache(max_batch_size=2, max_seq_len=16)
-    toks = tokens(B=2, T=9, device=device, seed=6)
+    # Chunked prefill at an offset: the rope kernel reads the tables at the tokens' positions, the
+    # attention kernel reads the cache in place with the causal mask aligned to its end (the last
+    # chunk, 40 tokens against 45 keys, goes through the FlashAttention-2 forward; the others
+    # through flash-decoding).
+    fast.setup_kv_cache(max_batch_size=3, max_seq_len=48)
+    ref.setup_kv_cache(max_batch_size=3, max_seq_len=48)
+    toks = tokens(B=2, T=45, device=device, seed=6)
     with torch.no_grad():
-        for start, end in [(0, 4), (4, 5), (5, 9)]:
+        for start, end in [(0, 4), (4, 5), (5, 45)]:
             close(f"decode [{start}, {end})", fast(toks[:, start:end], start_pos=start),
                   ref(toks[:, start:end], start_pos=start), 1e-5)  # fmt: skip
 

@@ -1,0 +1,105 @@
+// Shared by conv2d.cpp (schema, argument checks, CPU kernels) and conv2d_cuda.cu (CUDA kernels):
+// the geometry of one fused convolution and the activation math, written once.
+//
+// The op (see conv2d.cpp for the schema) computes, for NCHW x (N, C, H, W) and weight
+// (K, C/groups, R, S):
+//
+//   z[n, k, oh, ow] = bias[k] + sum_{c in group(k), r, s} w[k, c, r, s] * x[n, c, oh*sh - ph + r*dh, ow*sw - pw + s*dw]
+//   a = act(z)                      (none, relu, tanh, scaled_tanh = 1.7159 * tanh(2/3 z))
+//   y = pool(a)                     (none, max or avg over a pkh x pkw window with stride psh x psw,
+//                                    no padding, floor mode, as F.max_pool2d / F.avg_pool2d)
+//
+// and, when asked to, also returns z ("preact"): the backward recomputes a and the max-pool
+// argmax from z instead of saving them (one saved tensor, the size of the conv output).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+
+#if defined(__CUDACC__)
+#define REPLAB_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define REPLAB_HOST_DEVICE inline
+#endif
+
+namespace replab_fast {
+
+enum class Activation : int { None = 0, ReLU = 1, Tanh = 2, ScaledTanh = 3 };
+enum class PoolKind : int { None = 0, Max = 1, Avg = 2 };
+
+// LeCun et al. 1998, Appendix A: f(a) = A tanh(S a).
+constexpr double kScaledTanhA = 1.7159;
+constexpr double kScaledTanhS = 2.0 / 3.0;
+
+struct ConvGeometry {
+  int64_t N, C, H, W;     // input
+  int64_t K, R, S;        // output channels, kernel height and width
+  int64_t G;              // groups
+  int64_t Cg, Kg;         // input and output channels per group
+  int64_t sh, sw, ph, pw, dh, dw;  // stride, padding, dilation
+  int64_t OH, OW;         // conv output (= preact) height and width
+  PoolKind pool;
+  int64_t pkh, pkw, psh, psw;  // pooling window and stride (1 when pool is None)
+  int64_t PH, PW;         // final output height and width (OH, OW without pooling)
+  Activation act;
+};
+
+Activation parse_activation(c10::string_view name);
+PoolKind parse_pool(c10::string_view name);
+
+// Every TORCH_CHECK of the op's arguments (ranks, channels, groups, sizes, dtypes, devices);
+// returns the geometry. `op` names the op in the messages.
+ConvGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view activation, c10::string_view pool,
+                               at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
+
+// dtype rules per device type, shared by the CPU and CUDA entry points.
+void check_dtype_for_device(const char* op, const at::Tensor& x);
+
+template <typename T>
+REPLAB_HOST_DEVICE T activation_forward(Activation act, T z) {
+  switch (act) {
+    case Activation::ReLU:
+      return z > T(0) ? z : T(0);
+    case Activation::Tanh: {
+      using std::tanh;
+      return tanh(z);
+    }
+    case Activation::ScaledTanh: {
+      using std::tanh;
+      return T(kScaledTanhA) * tanh(T(kScaledTanhS) * z);
+    }
+    default:
+      return z;
+  }
+}
+
+// d act(z) / dz. ReLU: 0 at z == 0, as torch's threshold_backward (grad * (out > 0)).
+template <typename T>
+REPLAB_HOST_DEVICE T activation_derivative(Activation act, T z) {
+  switch (act) {
+    case Activation::ReLU:
+      return z > T(0) ? T(1) : T(0);
+    case Activation::Tanh: {
+      using std::tanh;
+      T t = tanh(z);
+      return T(1) - t * t;
+    }
+    case Activation::ScaledTanh: {
+      using std::tanh;
+      T t = tanh(T(kScaledTanhS) * z);
+      return T(kScaledTanhA) * T(kScaledTanhS) * (T(1) - t * t);
+    }
+    default:
+      return T(1);
+  }
+}
+
+}  // namespace replab_fast

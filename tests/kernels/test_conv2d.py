@@ -1,0 +1,295 @@
+"""Parity tests of the fused conv2d (+ activation + pooling) of the C++/CUDA extension
+(csrc/conv2d.cpp, csrc/conv2d_cuda.cu, replab_fast/kernels/conv2d.py) against the independent
+reference ``conv2d_ref``: torch.nn.functional.conv2d, then the activation, then
+F.max_pool2d / F.avg_pool2d (shared/GUIDE.md section 3).
+
+Tolerances.
+- float64 (CPU, and CUDA): within 1e-12 x max(1, max |ref|) (``assert_parity``): both sides in
+  fp64, they differ only in summation order (at most a few thousand terms here).
+- float32: 2e-5 x max(1, max |ref|). An output (or grad_x) element sums C/g * R * S <= 150
+  products, grad_weight and grad_bias sum N * OH * OW <= ~1000 (the CPU kernels accumulate those
+  two in double, the CUDA kernels in fp32); relative fp32 error of such sums stays below ~1e-5,
+  while a wrong index, mask or window is off by O(1).
+- float16 / bfloat16 (CUDA only): the 2x rule of ``assert_parity`` against the reference run in
+  that dtype (cuDNN there).
+Every output is poisoned (tests/kernels/conftest.py): torch.empty, the C++ ``at::empty`` included,
+returns NaN-filled memory, so an element a kernel never writes fails.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from replab_fast import _extension, ops
+from replab_fast.kernels.conv2d import conv2d, conv2d_ref, normalize_pool
+from replab_fast.testing import assert_parity, random_tensor
+
+CUDA_REASON = "needs a CUDA device (the extension's CUDA kernels); this machine has none"
+ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)])
+DEVICES = ["cpu", ON_CUDA]
+FP32_RTOL = 2e-5
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups, activation, pool)
+CASES = [
+    (2, 3, 11, 13, 4, 3, 3, (2, 3), (1, 2), (1, 2), 1, "relu", ("max", 2, 2)),  # odd sizes, per-axis args
+    (1, 4, 15, 15, 6, 5, 3, 1, 0, 1, 2, "scaled_tanh", ("avg", 3, 2)),  # batch 1, groups 2, overlapping avg
+    (3, 2, 9, 9, 2, 3, 3, 4, 2, 1, 2, "tanh", None),  # stride 4, depthwise-like groups
+    (2, 1, 32, 32, 6, 5, 5, 1, 0, 1, 1, "scaled_tanh", None),  # LeNet C1
+    (2, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1, "relu", ("max", 2, 2)),  # LeNet C3 (modern)
+    (2, 3, 35, 35, 8, 11, 11, 4, 0, 1, 1, "relu", ("max", 3, 2)),  # AlexNet conv1 shape, overlapping max
+    (2, 4, 13, 13, 6, 3, 3, 1, 1, 1, 2, "relu", ("max", 3, 2)),  # AlexNet conv5-like
+    (2, 1, 28, 28, 4, 3, 3, 2, 1, 1, 1, "relu", None),  # conv autoencoder, stride 2
+    (2, 5, 10, 12, 3, 2, 4, 3, (0, 3), (3, 1), 1, None, ("max", (2, 1), (1, 2))),  # rectangular everything
+    (1, 2, 7, 7, 3, 7, 7, 1, 0, 1, 1, None, None),  # kernel == input: 1x1 output
+    (2, 2, 8, 9, 2, 1, 1, 1, 0, 1, 1, None, ("avg", 2, 3)),  # 1x1 conv, pool stride > window
+    (1, 3, 12, 11, 5, 3, 3, 2, 1, 2, 1, "relu", ("max", 3, 2)),  # one image, one group: the direct CPU loops
+    (3, 16, 5, 5, 120, 5, 5, 1, 0, 1, 1, "scaled_tanh", None),  # LeNet C5: fewer pixels than channels
+]
+# The CPU kernels (csrc/conv2d.cpp) take direct loops for a single (image, group) in the forward
+# and a single image in the backward, im2col + GEMM loops otherwise (inner loop over pixels, or
+# over channels when OH * OW < K / groups): the cases above cover every branch.
+IDS = [f"case{i}" for i in range(len(CASES))]
+
+
+def make_inputs(case, dtype, device, seed, *, bias=True, noncontiguous=False):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups, activation, pool = case
+    if noncontiguous:  # a strided view: every other column of a wider tensor, channels permuted
+        x = random_tensor((N, H, C, 2 * W), dtype, device, seed)[..., ::2].permute(0, 2, 1, 3)
+        assert not x.is_contiguous()
+        x.requires_grad_(True)
+    else:
+        x = random_tensor((N, C, H, W), dtype, device, seed, requires_grad=True)
+    w = random_tensor((K, C // groups, R, S), dtype, device, seed + 1, requires_grad=True, scale=0.3)
+    b = random_tensor((K,), dtype, device, seed + 2, requires_grad=True) if bias else None
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, activation=activation, pool=pool)
+    return x, w, b, kwargs
+
+
+def forward_backward(fn, x, w, b, kwargs, dy_seed):
+    leaves = [t for t in (x, w, b) if t is not None]
+    y = fn(x, w, b, **kwargs)
+    dy = random_tensor(y.shape, y.dtype, y.device, dy_seed)
+    grads = torch.autograd.grad(y, leaves, dy)
+    return y, grads
+
+
+def check_case(case, dtype, device, *, seed=0, bias=True, noncontiguous=False):
+    x, w, b, kwargs = make_inputs(case, dtype, device, seed, bias=bias, noncontiguous=noncontiguous)
+    y, grads = forward_backward(conv2d, x, w, b, kwargs, seed + 3)
+
+    def copies(to_dtype, to_device):
+        return [t.detach().to(to_device, to_dtype).requires_grad_(True) if t is not None else None for t in (x, w, b)]
+
+    ref64 = forward_backward(conv2d_ref, *copies(torch.float64, "cpu"), kwargs, seed + 3)
+    ref_low = forward_backward(conv2d_ref, *copies(dtype, device), kwargs, seed + 3) if dtype in (torch.float16, torch.bfloat16) else (None, [None] * 3)
+    names = ["y", "grad_x", "grad_weight", "grad_bias"]
+    for name, fast, r64, rlow in zip(names, [y, *grads], [ref64[0], *ref64[1]], [ref_low[0], *ref_low[1]]):
+        assert fast.dtype == dtype and fast.device.type == torch.device(device).type, name
+        assert_parity(name, fast.cpu(), r64, None if rlow is None else rlow.cpu(), fp32_rtol=FP32_RTOL)
+
+
+# --------------------------------------------------------------------------------------------
+# Parity
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_parity_float64_cpu(case):
+    check_case(case, torch.float64, "cpu")
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=IDS[:4])
+def test_parity_float32_cpu(case):
+    check_case(case, torch.float32, "cpu", seed=10)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[8]], ids=["case0", "case1", "case8"])
+def test_noncontiguous_input_and_no_bias(case):
+    check_case(case, torch.float64, "cpu", seed=20, bias=False, noncontiguous=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_parity_cuda(case, dtype):
+    check_case(case, dtype, "cuda", seed=30)
+    check_case(case, dtype, "cuda", seed=40, bias=False, noncontiguous=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "shape",
+    [  # AlexNet's conv layers (batch 2) and LeNet's at batch 64: the implicit-GEMM and direct kernels
+        (2, 3, 227, 227, 96, 11, 11, 4, 0, 1, 1, "relu", None),
+        (2, 96, 27, 27, 256, 5, 5, 1, 2, 1, 2, "relu", None),
+        (2, 256, 13, 13, 384, 3, 3, 1, 1, 1, 1, "relu", None),
+        (2, 384, 13, 13, 256, 3, 3, 1, 1, 1, 2, "relu", ("max", 3, 2)),
+        (64, 1, 32, 32, 6, 5, 5, 1, 0, 1, 1, "relu", ("max", 2, 2)),
+        (64, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1, "scaled_tanh", ("avg", 2, 2)),
+    ],
+    ids=["alex1", "alex2", "alex3", "alex5", "lenet1", "lenet3"],
+)
+def test_parity_cuda_model_shapes(shape, dtype):
+    check_case(shape, dtype, "cuda", seed=50)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = ops.conv2d(x, w, None, activation="relu", pool=("max", 2, 2))
+    assert y.shape == (0, 4, 3, 3)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_ops_conv2d_is_the_kernel_functional():
+    x, w, b, kwargs = make_inputs(CASES[0], torch.float64, "cpu", 0)
+    torch.testing.assert_close(ops.conv2d(x, w, b, **kwargs), conv2d(x, w, b, **kwargs), rtol=0, atol=0)
+
+
+def test_preact_is_saved_only_when_a_gradient_is_needed():
+    x, w, b, _ = make_inputs(CASES[4], torch.float64, "cpu", 0)
+    args = (x, w, b, [1, 1], [0, 0], [1, 1], 1, "relu", "max", [2, 2], [2, 2])
+    with torch.no_grad():
+        out, preact = torch.ops.replab_fast.conv2d(*args, False)
+    assert preact.shape == (0,)
+    out2, preact2 = torch.ops.replab_fast.conv2d(*args, True)
+    assert preact2.shape == (2, 16, 10, 10)
+    torch.testing.assert_close(out, out2.detach(), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="save_preact=False"):
+        torch.ops.replab_fast.conv2d_backward(torch.ones_like(out), x.detach(), w.detach(), preact, *args[3:], [True, True, True])
+
+
+# --------------------------------------------------------------------------------------------
+# gradcheck, opcheck, torch.compile
+
+
+GRADCHECK_CASES = [
+    (1, 2, 7, 6, 3, 3, 2, (2, 1), (1, 0), (1, 2), 1, "scaled_tanh", ("max", 2, 1)),
+    (2, 4, 6, 6, 2, 3, 3, 1, 1, 1, 2, "tanh", ("avg", 2, 2)),
+    (1, 2, 8, 8, 2, 3, 3, 3, 2, 2, 2, "relu", None),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=["maxpool", "avgpool", "relu"])
+def test_gradcheck_float64(case):
+    x, w, b, kwargs = make_inputs(case, torch.float64, "cpu", 5)
+    if kwargs["activation"] == "relu":  # keep pre-activations away from the kink at 0
+        with torch.no_grad():
+            b.add_(torch.sign(b) * 0.5)
+    assert torch.autograd.gradcheck(lambda x, w, b: conv2d(x, w, b, **kwargs), (x, w, b))
+
+
+def op_args(case, dtype, device, save_preact=True):
+    x, w, b, kw = make_inputs(case, dtype, device, 7)
+    kind, pk, ps = normalize_pool(kw["pool"])
+
+    def pair(v):
+        return [v, v] if isinstance(v, int) else list(v)
+
+    return (x, w, b, pair(kw["stride"]), pair(kw["padding"]), pair(kw["dilation"]), kw["groups"],
+            kw["activation"] or "none", kind, pk, ps, save_preact)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[9]], ids=["fused", "plain-act", "no-epilogue"])
+def test_opcheck(case, device):
+    dtype = torch.float64
+    args = op_args(case, dtype, device)
+    torch.library.opcheck(torch.ops.replab_fast.conv2d.default, args)
+    x, w, b, *rest = args
+    out, preact = torch.ops.replab_fast.conv2d(*args)
+    dy = random_tensor(out.shape, dtype, device, 9)
+    bwd_args = (dy, x.detach(), w.detach(), preact.detach(), *rest[:-1], [True, True, b is not None])
+    torch.library.opcheck(torch.ops.replab_fast.conv2d_backward.default, bwd_args)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    case = CASES[4]
+    x, w, b, kwargs = make_inputs(case, torch.float32, "cpu", 11)
+    compiled = torch.compile(lambda x, w, b: ops.conv2d(x, w, b, **kwargs), fullgraph=True)
+    y, grads = forward_backward(lambda x, w, b, **_: compiled(x, w, b), x, w, b, kwargs, 12)
+    y_eager, grads_eager = forward_backward(conv2d, x, w, b, kwargs, 12)
+    torch.testing.assert_close(y, y_eager, rtol=0, atol=0)
+    for g, ge in zip(grads, grads_eager):
+        torch.testing.assert_close(g, ge, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: a clear TORCH_CHECK error, never a crash
+
+
+def _x(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+BAD_INPUTS = [
+    ("rank", lambda: ops.conv2d(_x(3, 8, 8), _x(4, 3, 3, 3)), "input must be 4-D"),
+    ("weight rank", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3)), "weight must be 4-D"),
+    ("channels", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 2, 3, 3)), "input channels"),
+    ("groups in", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 1, 3, 3), groups=2), "groups \\(2\\) must divide the input channels"),
+    ("groups out", lambda: ops.conv2d(_x(2, 4, 8, 8), _x(3, 2, 3, 3), groups=2), "groups \\(2\\) must divide the output channels"),
+    ("kernel too large", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 9, 9)), "larger than the padded input"),
+    ("dilated too large", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), dilation=4), "dilated to 9x9"),
+    ("dtype mismatch", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3, dtype=torch.float64)), "same dtype"),
+    ("half on cpu", lambda: ops.conv2d(_x(2, 3, 8, 8).half(), _x(4, 3, 3, 3).half()), "float32 and float64"),
+    ("device mismatch", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3).to("meta")), "same device"),
+    ("bias shape", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), _x(3)), "bias must have shape"),
+    ("bias dtype", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), _x(4, dtype=torch.float64)), "bias must have the input's dtype"),
+    ("stride 0", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), stride=0), "stride must be >= 1"),
+    ("negative padding", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), padding=-1), "padding must be >= 0"),
+    ("pool too large", lambda: ops.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), pool=("max", 7, 1)), "pooling window"),
+]
+
+
+@pytest.mark.parametrize("name,call,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_a_clear_error(name, call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def test_bad_python_arguments():
+    x, w = _x(2, 3, 8, 8), _x(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ops.conv2d(x, w, activation="gelu")
+    with pytest.raises(ValueError, match="pool must be None"):
+        ops.conv2d(x, w, pool=("min", 2, 2))
+    with pytest.raises(ValueError, match="stride must be an int or a pair"):
+        ops.conv2d(x, w, stride=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# The build: missing or stale extension, namespace shared with the Triton ops
+
+
+def test_stale_build_is_refused_with_the_build_command(monkeypatch):
+    monkeypatch.setattr(_extension, "sources_hash", lambda _: 12345)
+    with pytest.raises(ImportError, match="stale.*pip install --no-build-isolation -e \\."):
+        _extension.load.__wrapped__()
+
+
+def test_missing_build_says_how_to_build(monkeypatch):
+    def fail(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(_extension.importlib, "import_module", fail)
+    with pytest.raises(ImportError, match="could not be loaded.*pip install --no-build-isolation -e \\."):
+        _extension.load.__wrapped__()
+
+
+def test_extension_and_triton_ops_share_the_namespace_in_either_import_order():
+    code = (
+        "import torch, replab_fast._extension as e; e.load(); import replab_fast.ops as o; "
+        "assert hasattr(torch.ops.replab_fast, 'rms_norm') and hasattr(torch.ops.replab_fast, 'conv2d'); "
+        "x = torch.randn(1, 1, 6, 6); print(o.conv2d(x, torch.randn(2, 1, 3, 3)).shape)"
+    )
+    for program in (code, code.replace("e.load(); import replab_fast.ops as o;", "import replab_fast.ops as o; e.load();")):
+        result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "torch.Size([1, 2, 4, 4])" in result.stdout
