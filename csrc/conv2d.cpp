@@ -198,6 +198,27 @@ ConvGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Te
   return g;
 }
 
+ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                        const at::Tensor& weight_in, const at::Tensor& preact_in,
+                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups, c10::string_view activation, c10::string_view pool,
+                                        at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride) {
+  const ConvGeometry g = check_conv2d_args(op, x_in, weight_in, std::nullopt, stride, padding, dilation, groups,
+                                           activation, pool, pool_kernel, pool_stride);
+  TORCH_CHECK(grad_out_in.sizes() == at::IntArrayRef({g.N, g.K, g.PH, g.PW}), op, ": grad_out must have shape (",
+              g.N, ", ", g.K, ", ", g.PH, ", ", g.PW, "), got ", grad_out_in.sizes());
+  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type() && grad_out_in.device() == x_in.device(), op,
+              ": grad_out must have the input's dtype and device");
+  if (g.act != Activation::None || g.pool != PoolKind::None) {
+    TORCH_CHECK(preact_in.sizes() == at::IntArrayRef({g.N, g.K, g.OH, g.OW}), op,
+                ": a fused activation or pooling needs the forward's preact of shape (", g.N, ", ", g.K, ", ", g.OH,
+                ", ", g.OW, "), got ", preact_in.sizes(), " (was the forward run with save_preact=False?)");
+    TORCH_CHECK(preact_in.scalar_type() == x_in.scalar_type() && preact_in.device() == x_in.device(), op,
+                ": preact must have the input's dtype and device");
+  }
+  return g;
+}
+
 namespace {
 
 // The output columns ow in [lo, hi) whose input column ow * stride + offset lies in [0, size).
@@ -761,20 +782,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const char* op = "replab_fast.conv2d_backward";
   TORCH_CHECK(x_in.device().is_cpu(), op, ": the CPU kernel got an input on ", x_in.device());
-  const ConvGeometry g = check_conv2d_args(op, x_in, weight_in, std::nullopt, stride, padding, dilation, groups,
-                                           activation, pool, pool_kernel, pool_stride);
-  TORCH_CHECK(grad_out_in.sizes() == at::IntArrayRef({g.N, g.K, g.PH, g.PW}), op, ": grad_out must have shape (",
-              g.N, ", ", g.K, ", ", g.PH, ", ", g.PW, "), got ", grad_out_in.sizes());
-  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type() && grad_out_in.device() == x_in.device(), op,
-              ": grad_out must have the input's dtype and device");
+  const ConvGeometry g = check_conv2d_backward_args(op, grad_out_in, x_in, weight_in, preact_in, stride, padding,
+                                                    dilation, groups, activation, pool, pool_kernel, pool_stride);
   const bool fused = g.act != Activation::None || g.pool != PoolKind::None;
-  if (fused) {
-    TORCH_CHECK(preact_in.sizes() == at::IntArrayRef({g.N, g.K, g.OH, g.OW}), op,
-                ": a fused activation or pooling needs the forward's preact of shape (", g.N, ", ", g.K, ", ", g.OH,
-                ", ", g.OW, "), got ", preact_in.sizes(), " (was the forward run with save_preact=False?)");
-    TORCH_CHECK(preact_in.scalar_type() == x_in.scalar_type() && preact_in.device() == x_in.device(), op,
-                ": preact must have the input's dtype and device");
-  }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();

@@ -60,6 +60,14 @@ ConvGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Te
                                c10::string_view activation, c10::string_view pool,
                                at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
 
+// check_conv2d_args, plus grad_out's shape, dtype and device and, for a fused activation or
+// pooling, the forward's saved pre-activation (preact).
+ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                        const at::Tensor& weight, const at::Tensor& preact,
+                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups, c10::string_view activation, c10::string_view pool,
+                                        at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
+
 // dtype rules per device type, shared by the CPU and CUDA entry points.
 void check_dtype_for_device(const char* op, const at::Tensor& x);
 
