@@ -52,6 +52,7 @@ from torch.func import functional_call
 from ..models.llama import RMSNorm
 from ._triton import (
     cast_for_store,
+    device_function,
     cdiv,
     check_device,
     launch,
@@ -79,6 +80,27 @@ MAX_BLOCK_N = 16384  # widest row one program holds whole in registers (fp32); w
 # --------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------
+
+
+@device_function
+def _load_h(x_ptrs, r_ptrs, mask, h_dtype: tl.constexpr, cdt: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+            INTERPRETED: tl.constexpr):
+    """A chunk of h = x + residual, rounded to h's dtype as ``x + residual`` is (or x itself)."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptrs, mask=mask, other=0.0)
+        return cast_for_store(x.to(cdt) + r.to(cdt), h_dtype, INTERPRETED)
+    else:
+        return x
+
+
+@device_function
+def _rstd(sum_sq, n_cols, eps, IS_FP64: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps), the square root correctly rounded."""
+    if IS_FP64:
+        return 1.0 / tl.sqrt(sum_sq / n_cols + eps)
+    else:
+        return 1.0 / tl.sqrt_rn(sum_sq / n_cols + eps)
 
 
 @triton.jit
@@ -114,19 +136,13 @@ def _rms_norm_fwd_kernel(
         cols = tl.arange(0, BLOCK_N)
         col_mask = cols < n_cols
         mask = row_mask[:, None] & col_mask[None, :]
-        x_in = tl.load(x_rows + cols[None, :], mask=mask, other=0.0)
+        h = _load_h(x_rows + cols[None, :], r_rows + cols[None, :], mask, h_ptr.dtype.element_ty, cdt, HAS_RESIDUAL,
+                    INTERPRETED)  # fmt: skip
         if HAS_RESIDUAL:
-            r_in = tl.load(r_rows + cols[None, :], mask=mask, other=0.0)
-            h = cast_for_store(x_in.to(cdt) + r_in.to(cdt), h_ptr.dtype.element_ty, INTERPRETED)
             tl.store(h_rows + cols[None, :], h, mask=mask)
-            xf = h.to(cdt)
-        else:
-            xf = x_in.to(cdt)
+        xf = h.to(cdt)
         sum_sq = tl.reduce(xf * xf, 1, tl.standard._sum_combine)  # (BLOCK_M,)
-        if IS_FP64:
-            rstd = 1.0 / tl.sqrt(sum_sq / n_cols + eps)
-        else:
-            rstd = 1.0 / tl.sqrt_rn(sum_sq / n_cols + eps)
+        rstd = _rstd(sum_sq, n_cols, eps, IS_FP64)
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(cdt)
         y = xf * rstd[:, None] * w[None, :]
         tl.store(y_rows + cols[None, :], cast_for_store(y, y_ptr.dtype.element_ty, INTERPRETED), mask=mask)
@@ -136,31 +152,21 @@ def _rms_norm_fwd_kernel(
         for c in range(NUM_CHUNKS):
             cols1 = c * BLOCK_N + tl.arange(0, BLOCK_N)
             mask1 = row_mask[:, None] & (cols1 < n_cols)[None, :]
-            x1 = tl.load(x_rows + cols1[None, :], mask=mask1, other=0.0)
+            h1 = _load_h(x_rows + cols1[None, :], r_rows + cols1[None, :], mask1, h_ptr.dtype.element_ty, cdt,
+                         HAS_RESIDUAL, INTERPRETED)  # fmt: skip
             if HAS_RESIDUAL:
-                r1 = tl.load(r_rows + cols1[None, :], mask=mask1, other=0.0)
-                h1 = cast_for_store(x1.to(cdt) + r1.to(cdt), h_ptr.dtype.element_ty, INTERPRETED)
                 tl.store(h_rows + cols1[None, :], h1, mask=mask1)
-                xf1 = h1.to(cdt)
-            else:
-                xf1 = x1.to(cdt)
+            xf1 = h1.to(cdt)
             acc += tl.reduce(xf1 * xf1, 1, tl.standard._sum_combine)
-        if IS_FP64:
-            rstd2 = 1.0 / tl.sqrt(acc / n_cols + eps)
-        else:
-            rstd2 = 1.0 / tl.sqrt_rn(acc / n_cols + eps)
+        rstd2 = _rstd(acc, n_cols, eps, IS_FP64)
         # Pass 2: normalize. h is recomputed from x and residual (same rounding), not re-read:
         # no program reads what another thread of it just wrote.
         for c in range(NUM_CHUNKS):
             cols2 = c * BLOCK_N + tl.arange(0, BLOCK_N)
             col_mask2 = cols2 < n_cols
             mask2 = row_mask[:, None] & col_mask2[None, :]
-            x2 = tl.load(x_rows + cols2[None, :], mask=mask2, other=0.0)
-            if HAS_RESIDUAL:
-                r2 = tl.load(r_rows + cols2[None, :], mask=mask2, other=0.0)
-                xf2 = cast_for_store(x2.to(cdt) + r2.to(cdt), h_ptr.dtype.element_ty, INTERPRETED).to(cdt)
-            else:
-                xf2 = x2.to(cdt)
+            xf2 = _load_h(x_rows + cols2[None, :], r_rows + cols2[None, :], mask2, h_ptr.dtype.element_ty, cdt,
+                          HAS_RESIDUAL, INTERPRETED).to(cdt)  # fmt: skip
             w2 = tl.load(w_ptr + cols2, mask=col_mask2, other=0.0).to(cdt)
             y2 = xf2 * rstd2[:, None] * w2[None, :]
             tl.store(y_rows + cols2[None, :], cast_for_store(y2, y_ptr.dtype.element_ty, INTERPRETED), mask=mask2)
@@ -200,10 +206,7 @@ def _rms_norm_bwd_stats_kernel(
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(cdt)
         sum_sq += tl.reduce(xf * xf, 1, tl.standard._sum_combine)
         sum_gx += tl.reduce(dyf * w[None, :] * xf, 1, tl.standard._sum_combine)
-    if IS_FP64:
-        rstd = 1.0 / tl.sqrt(sum_sq / n_cols + eps)
-    else:
-        rstd = 1.0 / tl.sqrt_rn(sum_sq / n_cols + eps)
+    rstd = _rstd(sum_sq, n_cols, eps, IS_FP64)
     coef = rstd * rstd * rstd * (sum_gx / n_cols)
     tl.store(rstd_ptr + rows, rstd, mask=row_mask)
     tl.store(coef_ptr + rows, coef, mask=row_mask)
@@ -276,10 +279,7 @@ def _rms_norm_bwd_kernel(
                 w_b = tl.load(w_ptr + cols_b, mask=col_mask_b, other=0.0).to(cdt)
                 sum_sq += tl.reduce(xf_b * xf_b, 1, tl.standard._sum_combine)
                 sum_gx += tl.reduce(dyf_b * w_b[None, :] * xf_b, 1, tl.standard._sum_combine)
-            if IS_FP64:
-                rstd_all = 1.0 / tl.sqrt(sum_sq / n_cols + eps)
-            else:
-                rstd_all = 1.0 / tl.sqrt_rn(sum_sq / n_cols + eps)
+            rstd_all = _rstd(sum_sq, n_cols, eps, IS_FP64)
             rstd = tl.where(row_mask, rstd_all, 0.0)  # padding rows contribute nothing, even with eps = 0
             coef = rstd * rstd * rstd * (sum_gx / n_cols)
             if ROW_BLOCKS == 2:  # block b first, while it is in registers
