@@ -20,14 +20,17 @@
 //     gradient not asked for in output_mask is returned as an empty tensor (0,).
 //
 // CPU kernels: float32 and float64, our own loops (no BLAS, oneDNN or at::conv2d), parallel with
-// at::parallel_for. From two (image, group) pairs on, each task takes one (image, group): im2col
-// into a per-thread buffer, then a GEMM written here (the inner loop over pixels, four output
-// channels per pass, or over output channels when a layer has fewer pixels than channels), then
-// the epilogue (bias, activation, pooling) per plane. The backward does the same per image:
+// at::parallel_for. Each forward task takes one (image, group), or a block of its output
+// channels when there are fewer (image, group) pairs than threads to keep busy: im2col into a
+// per-thread buffer (none for stride-1 unpadded layers: "wide rows"), then a GEMM written here
+// (the inner loop over pixels, four output channels per pass, or over output channels when a
+// layer has fewer pixels than channels), then the epilogue (bias, activation, pooling) per
+// plane. float32 tanh is our own branchless FastTanh, so that the epilogue loops vectorize.
+// The backward does the same per image:
 // grad_x as dcol = W^T dz then col2im, grad_weight as dz col^T summed over fixed chunks of images
-// (each chunk its own accumulator, added in order). With a single image the loops run directly
-// on the tensors, parallel over (image, output channel) forward, (image, input channel) for
-// grad_x and (output channel, input channel) for grad_weight. Every task owns what it writes: no
+// (each chunk its own accumulator, added in order). With a single image the backward's loops run
+// directly on the tensors, parallel over (image, input channel) for grad_x and (output channel,
+// input channel) for grad_weight. Every task owns what it writes: no
 // atomics, deterministic results. grad_weight and grad_bias accumulate in double for float32.
 #include <Python.h>
 
@@ -229,43 +232,62 @@ inline void valid_range(int64_t offset, int64_t stride, int64_t size, int64_t ou
   if (hi < lo) hi = lo;
 }
 
-// One (n, k) output plane of the convolution, bias included, into z (OH * OW).
-template <typename scalar_t>
-REPLAB_CPU_CLONES void conv_plane(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* bias, int64_t n,
-                int64_t k, scalar_t* z) {
-  const int64_t group = k / g.Kg;
-  std::fill(z, z + g.OH * g.OW, bias ? bias[k] : scalar_t(0));
-  for (int64_t cl = 0; cl < g.Cg; ++cl) {
-    const int64_t c = group * g.Cg + cl;
-    const scalar_t* xplane = x + (n * g.C + c) * g.H * g.W;
-    const scalar_t* wk = w + (k * g.Cg + cl) * g.R * g.S;
-    for (int64_t r = 0; r < g.R; ++r) {
-      int64_t oh_lo, oh_hi;
-      valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
-      for (int64_t s = 0; s < g.S; ++s) {
-        const scalar_t wv = wk[r * g.S + s];
-        const int64_t col_off = s * g.dw - g.pw;
-        int64_t ow_lo, ow_hi;
-        valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
-        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-          const scalar_t* xrow = xplane + (oh * g.sh + r * g.dh - g.ph) * g.W;
-          scalar_t* zrow = z + oh * g.OW;
-          if (g.sw == 1) {
-            const scalar_t* xs = xrow + col_off;
-            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) zrow[ow] += wv * xs[ow];
-          } else {
-            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) zrow[ow] += wv * xrow[ow * g.sw + col_off];
-          }
-        }
-      }
-    }
+// tanh(x) for float32 with no branches, so that a loop over it vectorizes (std::tanh is a
+// scalar libm call, several times slower than the convolution it follows in LeNet-5's C3).
+// With a = |x| (clamped to 9, where tanh rounds to 1; a NaN passes through) and sign(x) put back:
+//   a < 0.55:  the odd Taylor series a + a^3 P(a^2) to a^19 (each term about 8x smaller)
+//   otherwise: e = expm1(2a), tanh(a) = e / (e + 2), where 2a = n ln2 + f with |f| <= ln2 / 2,
+//              expm1(2a) = 2^n expm1(f) + (2^n - 1) and expm1(f) a degree-8 Taylor polynomial;
+//              the rounding error of e + 2 is recovered exactly (Fast2Sum) and divided out.
+// Both are computed and one selected. Within 1.21 ulp of the exact tanh over every float
+// (tests/kernels/test_conv2d.py checks it over a sweep of float32 bit patterns).
+struct FastTanh {
+  float operator()(float x) const {
+    const float a_abs = std::fabs(x);
+    const float a = a_abs > 9.0f ? 9.0f : a_abs;
+    // Small: a + a^3 P(a^2), the Taylor coefficients of tanh.
+    const float s = a * a;
+    float q = -443861162.0f / 1856156927625.0f;
+    q = q * s + 6404582.0f / 10854718875.0f;
+    q = q * s - 929569.0f / 638512875.0f;
+    q = q * s + 21844.0f / 6081075.0f;
+    q = q * s - 1382.0f / 155925.0f;
+    q = q * s + 62.0f / 2835.0f;
+    q = q * s - 17.0f / 315.0f;
+    q = q * s + 2.0f / 15.0f;
+    q = q * s - 1.0f / 3.0f;
+    const float small = a + a * s * q;
+    // Large: e / (e + 2) with e = expm1(2a).
+    const float t = 2.0f * a;
+    const int32_t n = static_cast<int32_t>(t * 1.44269504088896341f + 0.5f);  // round(t / ln2), t >= 0
+    const float nf = static_cast<float>(n);
+    const float f = (t - nf * 0.693145751953125f) - nf * 1.42860682030941723212e-6f;  // ln2 in two parts
+    float p = 1.0f / 40320.0f;
+    p = p * f + 1.0f / 5040.0f;
+    p = p * f + 1.0f / 720.0f;
+    p = p * f + 1.0f / 120.0f;
+    p = p * f + 1.0f / 24.0f;
+    p = p * f + 1.0f / 6.0f;
+    p = p * f + 0.5f;
+    p = p * f * f + f;  // expm1(f)
+    const int32_t scale_bits = (n + 127) << 23;
+    float scale;  // 2^n, n in [0, 26]
+    std::memcpy(&scale, &scale_bits, sizeof(scale));
+    const float e = scale * p + (scale - 1.0f);
+    const float d = e + 2.0f;
+    const float d_err_big = (e - d) + 2.0f, d_err_small = (2.0f - d) + e;
+    const float d_err = e > 2.0f ? d_err_big : d_err_small;  // e + 2 - d, exactly
+    const float ratio = e / d;
+    const float large = ratio - ratio * (d_err / d);
+    return std::copysign(a < 0.55f ? small : large, x);
   }
-}
+  double operator()(double x) const { return std::tanh(x); }  // float64 is the accuracy path
+};
 
 // a = act(z) in place over n elements; the switch is outside the loop so that it vectorizes.
 template <typename scalar_t, Activation A>
 REPLAB_CPU_CLONES void activate(scalar_t* __restrict__ z, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) z[i] = activation_forward<scalar_t>(A, z[i]);
+  for (int64_t i = 0; i < n; ++i) z[i] = activation_forward<scalar_t>(A, z[i], FastTanh());
 }
 
 template <typename scalar_t>
@@ -277,6 +299,26 @@ void activate(Activation act, scalar_t* z, int64_t n) {
       return activate<scalar_t, Activation::Tanh>(z, n);
     case Activation::ScaledTanh:
       return activate<scalar_t, Activation::ScaledTanh>(z, n);
+    default:
+      return;
+  }
+}
+
+// dz *= act'(z) over n elements, the switch outside the loop (as in activate).
+template <typename scalar_t, Activation A>
+REPLAB_CPU_CLONES void scale_by_derivative(scalar_t* __restrict__ dz, const scalar_t* __restrict__ z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dz[i] *= activation_derivative<scalar_t>(A, z[i], FastTanh());
+}
+
+template <typename scalar_t>
+void scale_by_derivative(Activation act, scalar_t* dz, const scalar_t* z, int64_t n) {
+  switch (act) {
+    case Activation::ReLU:
+      return scale_by_derivative<scalar_t, Activation::ReLU>(dz, z, n);
+    case Activation::Tanh:
+      return scale_by_derivative<scalar_t, Activation::Tanh>(dz, z, n);
+    case Activation::ScaledTanh:
+      return scale_by_derivative<scalar_t, Activation::ScaledTanh>(dz, z, n);
     default:
       return;
   }
@@ -431,22 +473,22 @@ inline void wide_tile(const scalar_t* __restrict__ xg, const int64_t* __restrict
     for (int64_t j = 0; j < np; ++j) zw[i * Pw + p0 + j] = acc[i][j];
 }
 
-// z [Kg][OH * OW] (bias included) of one (n, group), through zw [Kg][Pw].
+// Rows [k_lo, k_hi) of z [Kg][OH * OW] (bias included) of one (n, group), through zw [Kg][Pw].
 template <typename scalar_t>
 REPLAB_CPU_CLONES void conv_group_wide(const ConvGeometry& g, const scalar_t* x, const scalar_t* w,
-                                       const scalar_t* bias, int64_t n, int64_t group, const int64_t* offsets,
-                                       scalar_t* zw, scalar_t* z) {
+                                       const scalar_t* bias, int64_t n, int64_t group, int64_t k_lo, int64_t k_hi,
+                                       const int64_t* offsets, scalar_t* zw, scalar_t* z) {
   const int64_t Pw = wide_pixels(g), P = g.OH * g.OW, CRS = g.Cg * g.R * g.S, Kg = g.Kg;
   const scalar_t* xg = x + (n * g.C + group * g.Cg) * g.H * g.W;
-  for (int64_t kl = 0; kl < Kg; kl += 4) {
-    const int64_t nk = std::min<int64_t>(4, Kg - kl);
+  for (int64_t kl = k_lo; kl < k_hi; kl += 4) {
+    const int64_t nk = std::min<int64_t>(4, k_hi - kl);
     scalar_t b4[4] = {0, 0, 0, 0};
     for (int64_t i = 0; i < nk; ++i) b4[i] = bias ? bias[group * Kg + kl + i] : scalar_t(0);
     const scalar_t* w0 = w + (group * Kg + kl) * CRS;
     for (int64_t p0 = 0; p0 < Pw; p0 += 16)
       wide_tile<scalar_t>(xg, offsets, CRS, w0, b4, nk, p0, std::min<int64_t>(16, Pw - p0), zw + kl * Pw, Pw);
   }
-  for (int64_t k = 0; k < Kg; ++k)
+  for (int64_t k = k_lo; k < k_hi; ++k)
     for (int64_t oh = 0; oh < g.OH; ++oh)
       std::copy(zw + k * Pw + oh * g.W, zw + k * Pw + oh * g.W + g.OW, z + k * P + oh * g.OW);
 }
@@ -568,19 +610,21 @@ REPLAB_CPU_CLONES void dgrad_image_group_wide(const ConvGeometry& g, const scala
   }
 }
 
-// The Kg conv planes (bias included) of one (n, group) into z [Kg][P], as a GEMM of our own:
-// z = W_group (Kg x CRS) * col (CRS x P). With more pixels than channels the inner loop runs
-// over pixels (four output channels per pass over col), otherwise over channels (through the
-// transposed weight wT [G][CRS][Kg]); both are plain loops the compiler vectorizes.
+// Conv planes [k_lo, k_hi) (bias included) of one (n, group) into rows of z [Kg][P], as a GEMM of
+// our own: z = W_group (Kg x CRS) * col (CRS x P). With more pixels than channels the inner loop
+// runs over pixels (four output channels per pass over col), otherwise over channels (through
+// the transposed weight wT [G][CRS][Kg]); both are plain loops the compiler vectorizes.
 template <typename scalar_t>
 REPLAB_CPU_CLONES void conv_group_gemm(const ConvGeometry& g, const scalar_t* x, const scalar_t* w, const scalar_t* wT,
-                     const scalar_t* bias, int64_t n, int64_t group, scalar_t* col, scalar_t* zT, scalar_t* z) {
+                                       const scalar_t* bias, int64_t n, int64_t group, int64_t k_lo, int64_t k_hi,
+                                       scalar_t* col, scalar_t* zT, scalar_t* z) {
   const int64_t P = g.OH * g.OW, CRS = g.Cg * g.R * g.S, Kg = g.Kg;
   if (P >= Kg) {
     im2col(g, x, n, group, col, /*transposed=*/false);
-    for (int64_t kl = 0; kl < Kg; ++kl) std::fill(z + kl * P, z + (kl + 1) * P, bias ? bias[group * Kg + kl] : scalar_t(0));
-    int64_t kl = 0;
-    for (; kl + 4 <= Kg; kl += 4) {
+    for (int64_t kl = k_lo; kl < k_hi; ++kl)
+      std::fill(z + kl * P, z + (kl + 1) * P, bias ? bias[group * Kg + kl] : scalar_t(0));
+    int64_t kl = k_lo;
+    for (; kl + 4 <= k_hi; kl += 4) {
       const scalar_t* w0 = w + (group * Kg + kl) * CRS;
       scalar_t* __restrict__ z0 = z + kl * P;
       scalar_t* __restrict__ z1 = z0 + P;
@@ -598,7 +642,7 @@ REPLAB_CPU_CLONES void conv_group_gemm(const ConvGeometry& g, const scalar_t* x,
         }
       }
     }
-    for (; kl < Kg; ++kl) {
+    for (; kl < k_hi; ++kl) {
       const scalar_t* wk = w + (group * Kg + kl) * CRS;
       scalar_t* __restrict__ zk = z + kl * P;
       for (int64_t crs = 0; crs < CRS; ++crs) {
@@ -613,16 +657,25 @@ REPLAB_CPU_CLONES void conv_group_gemm(const ConvGeometry& g, const scalar_t* x,
   const scalar_t* wg = wT + group * CRS * Kg;
   for (int64_t p = 0; p < P; ++p) {
     scalar_t* zp = zT + p * Kg;
-    for (int64_t kl = 0; kl < Kg; ++kl) zp[kl] = bias ? bias[group * Kg + kl] : scalar_t(0);
+    for (int64_t kl = k_lo; kl < k_hi; ++kl) zp[kl] = bias ? bias[group * Kg + kl] : scalar_t(0);
     const scalar_t* c = col + p * CRS;
     for (int64_t crs = 0; crs < CRS; ++crs) {
       const scalar_t v = c[crs];
       const scalar_t* wr = wg + crs * Kg;
-      for (int64_t kl = 0; kl < Kg; ++kl) zp[kl] += v * wr[kl];
+      for (int64_t kl = k_lo; kl < k_hi; ++kl) zp[kl] += v * wr[kl];
     }
   }
-  for (int64_t kl = 0; kl < Kg; ++kl)
+  for (int64_t kl = k_lo; kl < k_hi; ++kl)
     for (int64_t p = 0; p < P; ++p) z[kl * P + p] = zT[p * Kg + kl];
+}
+
+// Into how many blocks of output channels the forward splits each (image, group): one when the
+// pairs alone give every thread two tasks, else enough blocks of at least 4 channels for that.
+inline int64_t channel_blocks(int64_t pairs, int64_t Kg, int64_t threads) {
+  const int64_t wanted = 2 * threads;
+  if (pairs == 0 || pairs >= wanted) return 1;
+  const int64_t per_pair = (wanted + pairs - 1) / pairs;
+  return std::max<int64_t>(1, std::min(per_pair, Kg / 4));
 }
 
 std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
@@ -649,19 +702,6 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     scalar_t* pp = keep_preact ? preact.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t plane = g.OH * g.OW, out_plane = g.PH * g.PW;
-    if (g.N * g.G < 2) {  // one image, one group: parallel over output channels, direct loops
-      at::parallel_for(0, g.N * g.K, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> z(plane);
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t n = idx / g.K, k = idx % g.K;
-          conv_plane<scalar_t>(g, xp, wp, bp, n, k, z.data());
-          if (pp) std::copy(z.begin(), z.end(), pp + idx * plane);
-          epilogue_plane<scalar_t>(g, z.data(), op + idx * out_plane);
-        }
-      });
-      return;
-    }
-    // Parallel over (image, group): im2col, then our GEMM loops, then the epilogue per plane.
     const int64_t CRS = g.Cg * g.R * g.S;
     std::vector<scalar_t> wT;  // [G][CRS][Kg], for layers with fewer pixels than channels
     if (plane < g.Kg) {
@@ -673,17 +713,23 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
     }
     const bool wide = wide_rows_apply(g);
     const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
-    at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
+    // Tasks: (image, group, block of output channels). The channels are split only when there are
+    // too few (image, group) pairs to keep every thread busy (a batch of one): each block then
+    // repeats the (cheap) im2col of its image.
+    const int64_t blocks = channel_blocks(g.N * g.G, g.Kg, at::get_num_threads());
+    const int64_t block_size = (g.Kg + blocks - 1) / blocks;
+    at::parallel_for(0, g.N * g.G * blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> col(wide ? g.Kg * wide_pixels(g) : CRS * plane), z(g.Kg * plane),
           zT(plane < g.Kg ? g.Kg * plane : 0);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / g.G, grp = task % g.G;
+        const int64_t n = task / (g.G * blocks), grp = (task / blocks) % g.G, block = task % blocks;
+        const int64_t k_lo = std::min(g.Kg, block * block_size), k_hi = std::min(g.Kg, k_lo + block_size);
         if (wide) {
-          conv_group_wide<scalar_t>(g, xp, wp, bp, n, grp, offsets.data(), col.data(), z.data());
+          conv_group_wide<scalar_t>(g, xp, wp, bp, n, grp, k_lo, k_hi, offsets.data(), col.data(), z.data());
         } else {
-          conv_group_gemm<scalar_t>(g, xp, wp, wT.data(), bp, n, grp, col.data(), zT.data(), z.data());
+          conv_group_gemm<scalar_t>(g, xp, wp, wT.data(), bp, n, grp, k_lo, k_hi, col.data(), zT.data(), z.data());
         }
-        for (int64_t kl = 0; kl < g.Kg; ++kl) {
+        for (int64_t kl = k_lo; kl < k_hi; ++kl) {
           const int64_t idx = n * g.K + grp * g.Kg + kl;
           scalar_t* zk = z.data() + kl * plane;
           if (pp) std::copy(zk, zk + plane, pp + idx * plane);
@@ -695,7 +741,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
   return {out, preact};
 }
 
-// dz = d loss / d z for one (n, k) plane, from dy (PH * PW) and z (OH * OW); da is scratch.
+// dz = d loss / d z for one (n, k) plane, from dy (PH * PW) and z (OH * OW); a is scratch.
 template <typename scalar_t>
 void epilogue_backward_plane(const ConvGeometry& g, const scalar_t* dy, const scalar_t* z, scalar_t* a,
                              scalar_t* dz) {
@@ -704,8 +750,9 @@ void epilogue_backward_plane(const ConvGeometry& g, const scalar_t* dy, const sc
     std::copy(dy, dy + plane, dz);
   } else {
     std::fill(dz, dz + plane, scalar_t(0));
-    if (g.pool == PoolKind::Max) {
-      for (int64_t i = 0; i < plane; ++i) a[i] = activation_forward<scalar_t>(g.act, z[i]);
+    if (g.pool == PoolKind::Max) {  // the forward's a = act(z), to find each window's maximum
+      std::copy(z, z + plane, a);
+      activate<scalar_t>(g.act, a, plane);
     }
     const scalar_t inv_area = scalar_t(1) / scalar_t(g.pkh * g.pkw);
     for (int64_t ph = 0; ph < g.PH; ++ph) {
@@ -733,9 +780,7 @@ void epilogue_backward_plane(const ConvGeometry& g, const scalar_t* dy, const sc
       }
     }
   }
-  if (g.act != Activation::None) {
-    for (int64_t i = 0; i < plane; ++i) dz[i] *= activation_derivative<scalar_t>(g.act, z[i]);
-  }
+  scale_by_derivative<scalar_t>(g.act, dz, z, plane);
 }
 
 // grad_weight's share of one (image, group): acc[k, crs] += sum_p dz[k, p] * colT[p, crs].

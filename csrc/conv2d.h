@@ -71,38 +71,42 @@ ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_o
 // dtype rules per device type, shared by the CPU and CUDA entry points.
 void check_dtype_for_device(const char* op, const at::Tensor& x);
 
-template <typename T>
-REPLAB_HOST_DEVICE T activation_forward(Activation act, T z) {
+// tanh as the activations call it: the standard library's (CUDA's tanhf / tanh on the device).
+// The CPU kernels pass their own vectorizable float tanh instead (conv2d.cpp, FastTanh).
+struct StdTanh {
+  template <typename T>
+  REPLAB_HOST_DEVICE T operator()(T z) const {
+    using std::tanh;
+    return tanh(z);
+  }
+};
+
+template <typename T, typename TanhFn = StdTanh>
+REPLAB_HOST_DEVICE T activation_forward(Activation act, T z, TanhFn tanh_fn = TanhFn()) {
   switch (act) {
     case Activation::ReLU:
       return z > T(0) ? z : T(0);
-    case Activation::Tanh: {
-      using std::tanh;
-      return tanh(z);
-    }
-    case Activation::ScaledTanh: {
-      using std::tanh;
-      return T(kScaledTanhA) * tanh(T(kScaledTanhS) * z);
-    }
+    case Activation::Tanh:
+      return tanh_fn(z);
+    case Activation::ScaledTanh:
+      return T(kScaledTanhA) * tanh_fn(T(kScaledTanhS) * z);
     default:
       return z;
   }
 }
 
 // d act(z) / dz. ReLU: 0 at z == 0, as torch's threshold_backward (grad * (out > 0)).
-template <typename T>
-REPLAB_HOST_DEVICE T activation_derivative(Activation act, T z) {
+template <typename T, typename TanhFn = StdTanh>
+REPLAB_HOST_DEVICE T activation_derivative(Activation act, T z, TanhFn tanh_fn = TanhFn()) {
   switch (act) {
     case Activation::ReLU:
       return z > T(0) ? T(1) : T(0);
     case Activation::Tanh: {
-      using std::tanh;
-      T t = tanh(z);
+      const T t = tanh_fn(z);
       return T(1) - t * t;
     }
     case Activation::ScaledTanh: {
-      using std::tanh;
-      T t = tanh(T(kScaledTanhS) * z);
+      const T t = tanh_fn(T(kScaledTanhS) * z);
       return T(kScaledTanhA) * T(kScaledTanhS) * (T(1) - t * t);
     }
     default:

@@ -49,9 +49,11 @@ CASES = [
     (1, 3, 12, 11, 5, 3, 3, 2, 1, 2, 1, "relu", ("max", 3, 2)),  # one image, one group: the direct CPU loops
     (3, 16, 5, 5, 120, 5, 5, 1, 0, 1, 1, "scaled_tanh", None),  # LeNet C5: fewer pixels than channels
 ]
-# The CPU kernels (csrc/conv2d.cpp) take direct loops for a single (image, group) in the forward
-# and a single image in the backward, im2col + GEMM loops otherwise (inner loop over pixels, or
-# over channels when OH * OW < K / groups): the cases above cover every branch.
+# The CPU kernels (csrc/conv2d.cpp): the forward splits the output channels into blocks when there
+# are fewer (image, group) pairs than threads (cases 1, 9, 11), runs "wide rows" for stride-1
+# unpadded layers with OH * OW >= K / groups (cases 3, 4, 10), im2col + GEMM loops otherwise (inner
+# loop over pixels, or over channels when OH * OW < K / groups: cases 9, 12); the backward takes
+# direct loops for a single image (cases 1, 9, 11): the cases above cover every branch.
 IDS = [f"case{i}" for i in range(len(CASES))]
 
 
@@ -101,9 +103,62 @@ def test_parity_float64_cpu(case):
     check_case(case, torch.float64, "cpu")
 
 
-@pytest.mark.parametrize("case", CASES[:4], ids=IDS[:4])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_parity_float32_cpu(case):
     check_case(case, torch.float32, "cpu", seed=10)
+
+
+def float32_sweep(step: int = 251) -> torch.Tensor:
+    """Every ``step``-th positive finite float32 bit pattern (denormals to the largest float),
+    their negatives, and zeros, infinities and NaN: (1, 1, 1, L)."""
+    bits = torch.arange(0, 0x7F800000, step, dtype=torch.int64).to(torch.int32)
+    positive = bits.view(torch.float32)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 0.55, 9.0, 2e-45])
+    return torch.cat([positive, -positive, special, torch.nextafter(special[5:7], torch.tensor(0.0))]).view(1, 1, 1, -1)
+
+
+def ulp_error(got: torch.Tensor, exact64: torch.Tensor) -> torch.Tensor:
+    """|got - exact| in units of the float32 spacing at the exact value's rounding."""
+    rounded = exact64.float().abs()
+    ulp = (torch.nextafter(rounded, torch.tensor(float("inf"))) - rounded).double()
+    return (got.double() - exact64).abs() / ulp
+
+
+def test_cpu_tanh_is_within_1_25_ulp_over_the_float32_range():
+    """The CPU's float32 tanh is our own vectorizable one (csrc/conv2d.cpp, FastTanh), reached
+    through a 1x1 convolution with weight 1 and no bias (z = x exactly): within 1.25 ulp of the
+    exact tanh over a sweep of 17 million floats, NaN to NaN, odd (signs kept)."""
+    x = float32_sweep()
+    one = torch.ones(1, 1, 1, 1)
+    with torch.no_grad():
+        y = ops.conv2d(x, one, activation="tanh")
+    exact = torch.tanh(x.double())
+    nan = torch.isnan(x)
+    assert torch.isnan(y[nan]).all() and not torch.isnan(y[~nan]).any()
+    err = ulp_error(y[~nan], exact[~nan])
+    worst = int(err.argmax())
+    assert err.max() <= 1.25, f"tanh({x[~nan][worst].item()!r}): {err.max().item():.3f} ulp"
+    nonzero = ~nan & (x != 0)  # z = 0 + 1 * x: the sum's +0 start drops the sign of -0 (as in F.conv2d)
+    assert torch.equal(torch.signbit(y[nonzero]), torch.signbit(x[nonzero]))
+
+
+@pytest.mark.parametrize("case", [CASES[11], CASES[12], (1, 16, 5, 5, 120, 5, 5, 1, 0, 1, 1, "relu", None)],
+                         ids=["direct-shape", "c5-batch3", "c5-batch1"])
+def test_cpu_results_do_not_depend_on_the_thread_count(case):
+    """The forward's channel blocks and the backward's fixed image chunks: bitwise the same
+    results with 1, 2 and 3 threads."""
+    x, w, b, kwargs = make_inputs(case, torch.float32, "cpu", 30)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(forward_backward(conv2d, x, w, b, kwargs, 33))
+    finally:
+        torch.set_num_threads(previous)
+    for y, grads in results[1:]:
+        assert torch.equal(y, results[0][0])
+        assert all(torch.equal(g, g0) for g, g0 in zip(grads, results[0][1]))
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[8]], ids=["case0", "case1", "case8"])
