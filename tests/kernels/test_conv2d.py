@@ -18,6 +18,7 @@ returns NaN-filled memory, so an element a kernel never writes fails.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -192,6 +193,60 @@ def test_parity_cuda(case, dtype):
 )
 def test_parity_cuda_model_shapes(shape, dtype):
     check_case(shape, dtype, "cuda", seed=50)
+
+
+def random_geometry(rng: random.Random, gemm_sized: bool) -> tuple:
+    """A random valid case (the CASES layout). ``gemm_sized``: more than 256 products per output,
+    so that CUDA takes the implicit GEMM rather than the direct kernel (csrc/conv2d_cuda.cu)."""
+    while True:
+        groups = rng.choice([1, 1, 2, 3])
+        cg = rng.randint(29, 48) if gemm_sized else rng.randint(1, 4)
+        kg = rng.randint(8, 80) if gemm_sized else rng.randint(1, 5)
+        R, S = (rng.randint(3, 5), rng.randint(3, 5)) if gemm_sized else (rng.randint(1, 5), rng.randint(1, 5))
+        stride = (rng.randint(1, 4), rng.randint(1, 4))
+        padding = (rng.randint(0, 2), rng.randint(0, 2))
+        dilation = (rng.randint(1, 3), rng.randint(1, 3))
+        H, W = rng.randint(1, 17), rng.randint(1, 17)
+        span_r, span_s = dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1
+        if span_r > H + 2 * padding[0] or span_s > W + 2 * padding[1]:
+            continue
+        OH = (H + 2 * padding[0] - span_r) // stride[0] + 1
+        OW = (W + 2 * padding[1] - span_s) // stride[1] + 1
+        pool = None
+        if rng.random() < 0.6:
+            window = (rng.randint(1, min(3, OH)), rng.randint(1, min(3, OW)))
+            pool = (rng.choice(["max", "avg"]), window, (rng.randint(1, 3), rng.randint(1, 3)))
+        activation = rng.choice([None, "relu", "tanh", "scaled_tanh"])
+        N = rng.randint(1, 3)
+        return (N, groups * cg, H, W, groups * kg, R, S, stride, padding, dilation, groups, activation, pool)
+
+
+def geometry_id(case) -> str:
+    N, C, H, W, K, R, S, stride, padding, dilation, groups, activation, pool = case
+    pool_id = "nopool" if pool is None else f"{pool[0]}{pool[1][0]}x{pool[1][1]}s{pool[2][0]}x{pool[2][1]}"
+    return (f"n{N}c{C}h{H}w{W}k{K}r{R}s{S}-st{stride[0]}x{stride[1]}-p{padding[0]}x{padding[1]}"
+            f"-d{dilation[0]}x{dilation[1]}-g{groups}-{activation}-{pool_id}")  # fmt: skip
+
+
+FUZZ_SMALL = [random_geometry(random.Random(100 + i), gemm_sized=False) for i in range(16)]
+FUZZ_GEMM = [random_geometry(random.Random(200 + i), gemm_sized=True) for i in range(6)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", FUZZ_SMALL + FUZZ_GEMM, ids=[geometry_id(c) for c in FUZZ_SMALL + FUZZ_GEMM])
+def test_parity_random_geometries_cpu(case, dtype):
+    """Seeded random geometries (per-axis stride 1-4, padding 0-2, dilation 1-3, kernels 1x1 to
+    5x5, groups 1-3, any activation, max or avg pooling with any window and stride): every
+    output and gradient against the reference."""
+    check_case(case, dtype, "cpu", seed=60)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", FUZZ_SMALL + FUZZ_GEMM, ids=[geometry_id(c) for c in FUZZ_SMALL + FUZZ_GEMM])
+def test_parity_random_geometries_cuda(case, dtype):
+    check_case(case, dtype, "cuda", seed=70)
 
 
 def test_empty_batch():
