@@ -124,6 +124,19 @@ def conv2d(
     return out
 
 
+def activation_ref(z: Tensor, activation: Optional[str]) -> Tensor:
+    """The activation of the reference chain, in torch ops."""
+    if activation is None:
+        return z
+    if activation == "relu":
+        return F.relu(z)
+    if activation == "tanh":
+        return torch.tanh(z)
+    if activation == "scaled_tanh":  # as replab_fast.models.lenet.ScaledTanh
+        return SCALED_TANH_A * torch.tanh(SCALED_TANH_S * z)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
 def conv2d_ref(
     x: Tensor,
     weight: Tensor,
@@ -136,15 +149,7 @@ def conv2d_ref(
     pool: PoolSpec = None,
 ) -> Tensor:
     """The reference chain: F.conv2d, then the activation, then F.max_pool2d / F.avg_pool2d."""
-    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    if activation == "relu":
-        y = F.relu(y)
-    elif activation == "tanh":
-        y = torch.tanh(y)
-    elif activation == "scaled_tanh":  # as replab_fast.models.lenet.ScaledTanh
-        y = SCALED_TANH_A * torch.tanh(SCALED_TANH_S * y)
-    elif activation is not None:
-        raise ValueError(f"unknown activation {activation!r}")
+    y = activation_ref(F.conv2d(x, weight, bias, stride, padding, dilation, groups), activation)
     kind, kernel, pool_stride = normalize_pool(pool)
     if kind == "max":
         y = F.max_pool2d(y, kernel, pool_stride)
