@@ -201,6 +201,18 @@ ConvGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Te
   return g;
 }
 
+ConvForwardTensors prepare_conv2d_forward(const ConvGeometry& g, const at::Tensor& x, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias, bool save_preact) {
+  ConvForwardTensors t;
+  t.x = x.contiguous();
+  t.weight = weight.contiguous();
+  t.bias = bias.has_value() ? bias->contiguous() : at::Tensor();
+  t.keep_preact = save_preact && (g.act != Activation::None || g.pool != PoolKind::None);
+  t.out = at::empty({g.N, g.K, g.PH, g.PW}, x.options());
+  t.preact = t.keep_preact ? at::empty({g.N, g.K, g.OH, g.OW}, x.options()) : at::empty({0}, x.options());
+  return t;
+}
+
 ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                         const at::Tensor& weight_in, const at::Tensor& preact_in,
                                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -687,13 +699,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cpu(const at::Tensor& x_in, const at::
   TORCH_CHECK(x_in.device().is_cpu(), "replab_fast.conv2d: the CPU kernel got an input on ", x_in.device());
   const ConvGeometry g = check_conv2d_args("replab_fast.conv2d", x_in, weight_in, bias_in, stride, padding, dilation,
                                            groups, activation, pool, pool_kernel, pool_stride);
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  const bool fused = g.act != Activation::None || g.pool != PoolKind::None;
-  const bool keep_preact = save_preact && fused;
-  at::Tensor out = at::empty({g.N, g.K, g.PH, g.PW}, x.options());
-  at::Tensor preact = keep_preact ? at::empty({g.N, g.K, g.OH, g.OW}, x.options()) : at::empty({0}, x.options());
+  const ConvForwardTensors t = prepare_conv2d_forward(g, x_in, weight_in, bias_in, save_preact);
+  const at::Tensor &x = t.x, &weight = t.weight, &bias = t.bias, &out = t.out, &preact = t.preact;
+  const bool keep_preact = t.keep_preact;
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "replab_fast_conv2d_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();

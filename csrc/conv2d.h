@@ -68,6 +68,17 @@ ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_o
                                         int64_t groups, c10::string_view activation, c10::string_view pool,
                                         at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
 
+// The forward's operands, contiguous, and its outputs, allocated: out (N, K, PH, PW) and preact
+// (N, K, OH, OW) when save_preact and an activation or pooling is fused, else an empty (0,)
+// tensor. Shared by the CPU and CUDA entry points (after check_conv2d_args).
+struct ConvForwardTensors {
+  at::Tensor x, weight, bias;  // bias undefined when absent
+  at::Tensor out, preact;
+  bool keep_preact;
+};
+ConvForwardTensors prepare_conv2d_forward(const ConvGeometry& g, const at::Tensor& x, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias, bool save_preact);
+
 // dtype rules per device type, shared by the CPU and CUDA entry points.
 void check_dtype_for_device(const char* op, const at::Tensor& x);
 

@@ -1311,13 +1311,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_cuda(const at::Tensor& x_in, const at:
   const ConvGeometry g = check_conv2d_args("replab_fast.conv2d", x_in, weight_in, bias_in, stride, padding, dilation,
                                            groups, activation, pool, pool_kernel, pool_stride);
   const c10::cuda::CUDAGuard device_guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
-  const bool fused = g.act != Activation::None || g.pool != PoolKind::None;
-  const bool keep_preact = save_preact && fused;
-  at::Tensor out = at::empty({g.N, g.K, g.PH, g.PW}, x.options());
-  at::Tensor preact = keep_preact ? at::empty({g.N, g.K, g.OH, g.OW}, x.options()) : at::empty({0}, x.options());
+  const ConvForwardTensors t = prepare_conv2d_forward(g, x_in, weight_in, bias_in, save_preact);
+  const at::Tensor &x = t.x, &weight = t.weight, &bias = t.bias, &out = t.out, &preact = t.preact;
+  const bool keep_preact = t.keep_preact;
   if (out.numel() == 0) return {out, preact};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
