@@ -45,11 +45,17 @@
 //   * grad_weight: backward_gemm_kernel with WgradOp, per group dw[k, (c, r, s)] = sum over
 //     (n, oh, ow) of dz[n, k, oh, ow] x[n, c, ih, iw], the long reduction split over blocks
 //     (split-K) into fp32 partials, then splitk_reduce_kernel;
-//   * grad_input: pack_weight_dgrad_kernel lays the weight out as (G, Cg, R*S*Kg), then
-//     backward_gemm_kernel with DgradOp, per group dx[(n, ih, iw), c] = sum over (r, s, k) of
-//     dz[n, k, oh, ow] w[k, c, r, s], dz gathered where (ih + ph - r*dh) / sh and
-//     (iw + pw - s*dw) / sw are whole and inside the output. With fewer than 16 input channels
-//     per group (AlexNet conv1) grad_input_kernel below runs instead, on this dz.
+//   * grad_input, 16 or more input channels per group: pack_weight_dgrad_kernel lays the weight
+//     out as (G, Cg, R*S*Kg), then backward_gemm_kernel with DgradOp, per group
+//     dx[(n, ih, iw), c] = sum over (r, s, k) of dz[n, k, oh, ow] w[k, c, r, s], dz gathered where
+//     (ih + ph - r*dh) / sh and (iw + pw - s*dw) / sw are whole and inside the output;
+//   * grad_input, fewer than 16 input channels per group (AlexNet conv1: 3 -> 96, where DgradOp's
+//     64-wide channel tiles would be mostly padding): per chunk of images (the fp32 workspace under
+//     256 MB, or one image), backward_gemm_kernel with DcolOp, a dense GEMM per group
+//     dcol[(n, oh, ow), (c, r, s)] = sum over k of dz[n, k, oh, ow] w[k, c, r, s] (M = pixels,
+//     N = Cg*R*S, reduction Kg), stored in fp32, then col2im_kernel, one thread per input element:
+//     dx[n, c, ih, iw] = the sum of dcol over the taps (r, s) that reach (ih, iw), in a fixed order,
+//     the taps of each input row and column found once beforehand by col2im_taps_kernel.
 //   backward_gemm_kernel: 64x64 tiles, 128 threads, 32-wide reduction slices double-buffered in
 //   shared memory through registers (slice t + 1 loads while slice t multiplies), WMMA tensor
 //   cores for float16 / bfloat16 (sm_80+), a 4x8 SIMT FMA tile per thread for float32.
@@ -76,6 +82,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
 
 #include "conv2d.h"
@@ -843,12 +850,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // grad_x[n, c, ih, iw] = sum over k in c's group, r, s with ih = oh * sh - ph + r * dh (and the
-// same for columns) of dz[n, k, oh, ow] * w[k, cl, r, s]. dz_t: the simple path's fp32 (fp64)
-// scratch, or the GEMM path's dz in the input dtype (layers with few input channels per group).
-template <typename scalar_t, typename dz_t = typename AccType<scalar_t>::type>
+// same for columns) of dz[n, k, oh, ow] * w[k, cl, r, s], dz the simple path's fp32 (fp64) scratch.
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    grad_input_kernel(const dz_t* __restrict__ dz, const scalar_t* __restrict__ w, scalar_t* __restrict__ grad_x,
-                      const ConvGeometry g) {
+    grad_input_kernel(const typename AccType<scalar_t>::type* __restrict__ dz, const scalar_t* __restrict__ w,
+                      scalar_t* __restrict__ grad_x, const ConvGeometry g) {
   using acc_t = typename AccType<scalar_t>::type;
   const int64_t total = g.N * g.C * g.H * g.W;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -873,7 +879,7 @@ __global__ void __launch_bounds__(kThreads)
         if (ow >= g.OW) continue;
         for (int64_t kl = 0; kl < g.Kg; ++kl) {
           const int64_t k = group * g.Kg + kl;
-          sum += to_acc(dz[((n * g.K + k) * g.OH + oh) * g.OW + ow]) * to_acc(w[((k * g.Cg + cl) * g.R + r) * g.S + s]);
+          sum += dz[((n * g.K + k) * g.OH + oh) * g.OW + ow] * to_acc(w[((k * g.Cg + cl) * g.R + r) * g.S + s]);
         }
       }
     }
@@ -1068,6 +1074,183 @@ struct DgradOp {
   }
 };
 
+// grad_input for layers with few input channels per group (Cg < kMinGemmDgradChannels, AlexNet
+// conv1: 3 -> 96), where DgradOp's columns would be nearly all padding: a dense GEMM into the
+// gradient of the im2col matrix (dcol), then col2im_kernel gathers it into dx. Both run per chunk
+// of images n_begin <= n < n_begin + images.
+//
+// DcolOp, per group g = blockIdx.z:
+//   dcol[m, col] = sum_{kl < Kg} A[m, kl] B[kl, col]
+//   m = (n - n_begin)*OH*OW + oh*OW + ow < rows = images*OH*OW (GEMM rows: the chunk's output pixels)
+//   col = (cl, r, s) < cols = Cg*R*S (GEMM columns, the weight's own order), kl < Kg (the reduction)
+//   A[m, kl] = dz[n, g*Kg + kl, oh, ow]
+//   B[kl, col] = w[g*Kg + kl, col]   (weight rows as they lie in memory)
+// Every product is a real one (no zero taps), so the tensor cores do no wasted work but the tails.
+// dcol is stored transposed and in fp32: dcolT[(g*Cg + cl, r, s)][m] = dcolT[(c*R + r)*S + s][m],
+// rows of `rows` floats, so that the epilogue's consecutive threads write consecutive m and
+// col2im's consecutive threads (consecutive iw) read runs of consecutive ow. fp32 rather than the
+// input dtype: col2im adds up to ceil(R / (sh / gcd(sh, dh))) * ceil(S / (sw / gcd(sw, dw)))
+// entries per input element (conv1: 3 * 3), and rounding each to 16 bits first would add that many
+// roundings to dx; the price is twice the bytes of a 16-bit dcol (conv1 at batch 128: 562 MB
+// written once, read once).
+// Blocks: blockIdx.x = m_tile * col_tiles + col_tile (the column tiles of one 64-pixel row tile are
+// neighbours, so they run together and dz is read from DRAM about once). Thread t loads row t % 64
+// of both A and B (B's rows are its columns col) at the 16 reduction indices kl0 = 32 t' + (t / 64)
+// * 16 .. + 15 of slice t': a warp reads 32 consecutive pixels of dz, 32 consecutive weight elements.
+template <typename scalar_t>
+struct DcolOp {
+  using E = typename GemmTraits<scalar_t>::E;
+  static constexpr int kLd = GemmTraits<scalar_t>::kLd;
+
+  const scalar_t* dz;  // (N, K, OH, OW)
+  const scalar_t* w;   // (K, Cg*R*S)
+  float* dcol;         // (C*R*S, rows): dcolT
+  ConvGeometry g;
+  int64_t n_begin;     // first image of the chunk
+  int64_t rows;        // images*OH*OW
+  int64_t cols;        // Cg*R*S
+
+  struct Shared {
+    int unused;
+  };
+  struct Thread {
+    int ml, half;     // row t % 64, half t / 64 of each slice
+    bool m_ok, b_ok;  // pixel m < rows; column col = n0 + ml < cols
+    int64_t n0;       // first column of the tile
+    int64_t dz_off;   // (n*K + g*Kg)*OH*OW + oh*OW + ow: A[m, 0]
+    int64_t w_off;    // g*Kg*cols + n0 + ml: B[0, col]
+    int64_t out_off;  // (g*cols + n0)*rows + m: dcolT[g*cols + n0][m]
+    int64_t slices;
+  };
+  struct Regs {
+    E a[16];
+    E b[16];
+  };
+
+  __device__ __forceinline__ void init(Shared&, Thread& th) const {
+    const int tid = threadIdx.x;
+    th.ml = tid % kBM;
+    th.half = tid / kBM;
+    const int64_t group = blockIdx.z;
+    const int64_t col_tiles = ceil_div(cols, kBN), tile = blockIdx.x;
+    const int64_t m_tile = tile / col_tiles;
+    th.n0 = (tile - m_tile * col_tiles) * kBN;
+    const int64_t plane = g.OH * g.OW;
+    const int64_t m = m_tile * kBM + th.ml;
+    th.m_ok = m < rows;
+    const int64_t nl = th.m_ok ? m / plane : 0, pix = th.m_ok ? m - nl * plane : 0;
+    th.dz_off = ((n_begin + nl) * g.K + group * g.Kg) * plane + pix;
+    th.b_ok = th.n0 + th.ml < cols;
+    th.w_off = group * g.Kg * cols + th.n0 + th.ml;
+    th.out_off = (group * cols + th.n0) * rows + m;
+    th.slices = ceil_div(g.Kg, kBK);
+  }
+
+  // A[m, kl0 .. kl0 + 15] and B[kl0 .. kl0 + 15, col], 0 past Kg (and past the tile's rows / columns)
+  __device__ __forceinline__ void load(const Shared&, const Thread& th, int64_t t, Regs& regs) const {
+    const int64_t kl0 = t * kBK + th.half * 16;
+    const int64_t plane = g.OH * g.OW;
+    const E* dzb = elems(dz);
+    const E* wb = elems(w);
+#pragma unroll
+    for (int q = 0; q < 16; ++q) {
+      const int64_t kl = kl0 + q;
+      const bool k_ok = kl < g.Kg;
+      regs.a[q] = (th.m_ok && k_ok) ? __ldg(dzb + th.dz_off + kl * plane) : E(0);
+      regs.b[q] = (th.b_ok && k_ok) ? __ldg(wb + th.w_off + kl * cols) : E(0);
+    }
+  }
+
+  __device__ __forceinline__ void store(const Thread& th, const Regs& regs, E* As, E* Bs) const {
+    store_row16(As + th.ml * kLd + th.half * 16, regs.a);
+    store_row16(Bs + th.ml * kLd + th.half * 16, regs.b);
+  }
+
+  // dcolT[g*cols + col][m] = Cs[col - n0][m - m0]: thread t writes pixel t % 64 of columns t / 64 + 2 i
+  __device__ __forceinline__ void epilogue(const Shared&, const Thread& th, const float* Cs) const {
+    if (!th.m_ok) return;
+    for (int nl = th.half; nl < kBN; nl += kGemmThreads / kBM) {
+      if (th.n0 + nl < cols) dcol[th.out_off + nl * rows] = Cs[nl * kLdC + th.ml];
+    }
+  }
+};
+
+// The kernel taps that reach one input row (or column) i: the taps t whose forward output
+// o = (i + pad - t*dil) / stride is whole and inside [0, out). They are `count` consecutive
+// members t = first + j*tap_step (j < count) of the progression of the solutions of t*dil ==
+// i + pad (mod stride), tap_step = stride / gcd(stride, dil), with outputs o = out0 - j*out_step,
+// out_step = dil / gcd (o falls as t grows, so the ones inside [0, out) are a contiguous run).
+// int32: first < R, out0 < OH, count <= R, all below H + 2ph < 2^31 (check_gemm_limits); first
+// and out0 are 0 when count is 0.
+struct alignas(16) Col2imTaps {
+  int first, out0, count, unused;
+};
+
+// taps[i] for the input rows i < H (ph, dh, sh, R, OH), then taps[H + j] for the columns j < W.
+// col2im_kernel's precomputation: the search over every tap runs once per row and column
+// (H + W threads), not once per input element.
+__global__ void __launch_bounds__(kThreads) col2im_taps_kernel(Col2imTaps* __restrict__ taps, const ConvGeometry g) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < g.H + g.W;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const bool is_row = idx < g.H;
+    const int64_t h = is_row ? idx + g.ph : idx - g.H + g.pw;  // i + pad
+    const int64_t dil = is_row ? g.dh : g.dw, stride = is_row ? g.sh : g.sw;
+    const int64_t ntaps = is_row ? g.R : g.S, out = is_row ? g.OH : g.OW;
+    Col2imTaps result{0, 0, 0, 0};
+    for (int64_t t = 0; t < ntaps; ++t) {
+      const int64_t d = h - t * dil;
+      if (d < 0) break;  // and every later tap
+      if (d % stride != 0 || d / stride >= out) continue;
+      if (result.count == 0) {
+        result.first = static_cast<int>(t);
+        result.out0 = static_cast<int>(d / stride);
+      }
+      ++result.count;
+    }
+    taps[idx] = result;
+  }
+}
+
+// The distance in dcolT between two consecutive taps that reach one input coordinate along an
+// axis: tap_step taps (tap_pitch elements each) forward and out_step outputs (out_pitch each) back,
+// tap_step = stride / gcd(stride, dil), out_step = dil / gcd. 0 when tap_step >= ntaps: then at
+// most one tap reaches a coordinate and the step is never taken.
+int64_t col2im_step(int64_t stride, int64_t dil, int64_t ntaps, int64_t tap_pitch, int64_t out_pitch) {
+  const int64_t d = std::gcd(stride, dil);
+  if (stride / d >= ntaps) return 0;
+  return (stride / d) * tap_pitch - (dil / d) * out_pitch;  // dil / d <= dil < 2^31 / (ntaps - 1)
+}
+
+// dx[n, c, ih, iw] for the chunk's images n = n_begin + nl (nl < images): the sum of dcolT[(c*R +
+// r)*S + s][nl*OH*OW + oh*OW + ow] over the taps (r, s) that reach (ih, iw) (Col2imTaps of row ih
+// and column iw), r ascending, then s ascending: a fixed order, no atomics; fp32, cast to
+// scalar_t. row_step / col_step (col2im_step): the dcolT distance to the next r / s. No division
+// in the loops. Grid: x over the pixels p = ih*W + iw of a plane (consecutive threads,
+// consecutive iw), y strided over the planes (nl, c).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    col2im_kernel(const float* __restrict__ dcol, const Col2imTaps* __restrict__ taps, scalar_t* __restrict__ dx,
+                  const ConvGeometry g, int64_t n_begin, int64_t images, int64_t rows, int64_t row_step,
+                  int64_t col_step) {
+  const int64_t hw = g.H * g.W;
+  const int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (p >= hw) return;
+  const int64_t ih = p / g.W, iw = p - ih * g.W;
+  const Col2imTaps tr = taps[ih], tc = taps[g.H + iw];
+  // dcolT's element of the first tap, past the plane's offset: row (r*S + s), column oh*OW + ow
+  const int64_t first = (int64_t(tr.first) * g.S + tc.first) * rows + int64_t(tr.out0) * g.OW + tc.out0;
+  for (int64_t pl = blockIdx.y; pl < images * g.C; pl += gridDim.y) {
+    const int64_t nl = pl / g.C, c = pl - nl * g.C;
+    const float* src = dcol + c * g.R * g.S * rows + nl * g.OH * g.OW + first;
+    float sum = 0.0f;
+    for (int i = 0; i < tr.count; ++i, src += row_step) {
+      const float* q = src;
+      for (int j = 0; j < tc.count; ++j, q += col_step) sum += *q;
+    }
+    dx[((n_begin + nl) * g.C + c) * hw + p] = from_acc<scalar_t>(sum);
+  }
+}
+
 // grad_weight as a GEMM, per group and reduction split (blockIdx.z = split * G + group):
 //   ws[split, g*Kg + k, col] = sum over j in the split's range of A[col, j] B[j, k]
 //   col = (cl, r, s) < Cg*R*S (rows: a weight row's elements), k < Kg (columns),
@@ -1181,7 +1364,7 @@ struct WgradOp {
   }
 };
 
-// One 64 x 64 tile of a backward GEMM (Op: DgradOp or WgradOp): the reduction in 32-wide slices,
+// One 64 x 64 tile of a backward GEMM (Op: DgradOp, DcolOp or WgradOp): the reduction in 32-wide slices,
 // double-buffered in shared memory through registers. Per slice t (one __syncthreads):
 //   load slice t + 1 into registers (global loads in flight during the MMA)
 //   MMA on buffer t % 2
@@ -1429,10 +1612,13 @@ void launch_grad_weight_gemm(const ConvGeometry& g, const scalar_t* x, const sca
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// grad_input as a GEMM needs enough input channels per group to fill its 64-wide column tiles:
-// with fewer (AlexNet conv1: 3), nearly all of its work would be padding (3 of 64 columns, and at
-// stride 4 15 of 16 taps zero), so grad_input_kernel (one thread per input element) runs instead.
+// grad_input as an implicit GEMM (DgradOp) needs enough input channels per group to fill its
+// 64-wide column tiles: with fewer (AlexNet conv1: 3), nearly all of its work would be padding (3
+// of 64 columns, and at stride 4 15 of 16 taps zero), so launch_grad_input_col2im runs instead.
 constexpr int64_t kMinGemmDgradChannels = 16;
+
+// The most fp32 elements of dcol per chunk of images (256 MB); a chunk holds at least one image.
+constexpr int64_t kDcolMaxElements = int64_t(1) << 26;
 
 // grad_input: pack the weight (pack_weight_dgrad_kernel), then the implicit GEMM.
 template <typename scalar_t>
@@ -1455,6 +1641,43 @@ void launch_grad_input_gemm(const ConvGeometry& g, const scalar_t* dz, const at:
   } else {
     const DgradOp<scalar_t, false> op{dz, wtp, dxp, g, kd, kdp};
     backward_gemm_kernel<scalar_t, DgradOp<scalar_t, false>><<<grid, kGemmThreads, 0, stream>>>(op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+// grad_input for fewer than kMinGemmDgradChannels input channels per group: col2im_taps_kernel
+// once, then per chunk of images the dcol GEMM (DcolOp) and col2im_kernel, which share one fp32
+// workspace (stream order: a chunk's GEMM starts after the previous chunk's col2im).
+template <typename scalar_t>
+void launch_grad_input_col2im(const ConvGeometry& g, const scalar_t* dz, const at::Tensor& weight, at::Tensor& grad_x,
+                              cudaStream_t stream) {
+  const int64_t cols = g.Cg * g.R * g.S, plane = g.OH * g.OW, hw = g.H * g.W;
+  const int64_t per_image = g.C * g.R * g.S * plane;  // dcol elements of one image (> 0)
+  const int64_t max_chunk = std::clamp<int64_t>(kDcolMaxElements / per_image, 1, g.N);
+  const int64_t chunk = ceil_div(g.N, ceil_div(g.N, max_chunk));  // chunks of equal size (but the last)
+  const int64_t col_tiles = ceil_div(cols, kBN);
+  TORCH_CHECK(ceil_div(chunk * plane, kBM) * col_tiles < (int64_t(1) << 31),
+              "replab_fast.conv2d_backward: too many output pixels x kernel elements for the CUDA grad_input GEMM");
+  at::Tensor ws = at::empty({chunk * per_image}, grad_x.options().dtype(at::kFloat));
+  at::Tensor taps_buffer = at::empty({(g.H + g.W) * 4}, grad_x.options().dtype(at::kInt));  // 16-byte aligned
+  auto* taps = reinterpret_cast<Col2imTaps*>(taps_buffer.mutable_data_ptr<int>());
+  col2im_taps_kernel<<<blocks_for(g.H + g.W, kThreads), kThreads, 0, stream>>>(taps, g);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+  float* dcol = ws.mutable_data_ptr<float>();
+  scalar_t* dxp = grad_x.mutable_data_ptr<scalar_t>();
+  for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+    const int64_t images = std::min(chunk, g.N - n0), rows = images * plane;
+    const DcolOp<scalar_t> op{dz, wp, dcol, g, n0, rows, cols};
+    const dim3 gemm_grid(static_cast<unsigned int>(ceil_div(rows, kBM) * col_tiles), 1, static_cast<unsigned int>(g.G));
+    backward_gemm_kernel<scalar_t, DcolOp<scalar_t>><<<gemm_grid, kGemmThreads, 0, stream>>>(op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t row_step = col2im_step(g.sh, g.dh, g.R, g.S * rows, g.OW);
+    const int64_t col_step = col2im_step(g.sw, g.dw, g.S, rows, 1);
+    const dim3 gather_grid(static_cast<unsigned int>(ceil_div(hw, kThreads)),
+                           static_cast<unsigned int>(std::min<int64_t>(images * g.C, 65535)));
+    col2im_kernel<scalar_t><<<gather_grid, kThreads, 0, stream>>>(dcol, taps, dxp, g, n0, images, rows, row_step,
+                                                                   col_step);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -1506,9 +1729,7 @@ void backward_gemm_impl(const ConvGeometry& g, bool fused, const at::Tensor& gra
     if (g.Cg >= kMinGemmDgradChannels) {
       launch_grad_input_gemm<scalar_t>(g, dz, weight, grad_x, stream);
     } else {
-      grad_input_kernel<scalar_t, scalar_t><<<blocks_for(grad_x.numel(), kThreads), kThreads, 0, stream>>>(
-          dz, weight.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), g);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_grad_input_col2im<scalar_t>(g, dz, weight, grad_x, stream);
     }
   }
 }
