@@ -26,12 +26,14 @@
 // (the inner loop over pixels, four output channels per pass, or over output channels when a
 // layer has fewer pixels than channels), then the epilogue (bias, activation, pooling) per
 // plane. float32 tanh is our own branchless FastTanh, so that the epilogue loops vectorize.
-// The backward does the same per image:
-// grad_x as dcol = W^T dz then col2im, grad_weight as dz col^T summed over fixed chunks of images
-// (each chunk its own accumulator, added in order). With a single image the backward's loops run
+// The backward works on wide rows, or on blocks of images whose im2col rows stack (so that a
+// layer with one output pixel, LeNet-5's C5, still fills register tiles): grad_x as
+// dcol = dz^T W then col2im, grad_weight as dz col^T summed over fixed chunks of images (each
+// chunk its own accumulator, added in order). With a single image the backward's loops run
 // directly on the tensors, parallel over (image, input channel) for grad_x and (output channel,
-// input channel) for grad_weight. Every task owns what it writes: no
-// atomics, deterministic results. grad_weight and grad_bias accumulate in double for float32.
+// input channel) for grad_weight. Every task owns what it writes: no atomics, deterministic
+// results. grad_weight and grad_bias accumulate in double for float32 (grad_weight's register
+// tiles sum at most 64 rows in float32 first).
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -791,39 +793,114 @@ void epilogue_backward_plane(const ConvGeometry& g, const scalar_t* dy, const sc
   scale_by_derivative<scalar_t>(g.act, dz, z, plane);
 }
 
-// grad_weight's share of one (image, group): acc[k, crs] += sum_p dz[k, p] * colT[p, crs].
-template <typename scalar_t, typename acc_t>
-REPLAB_CPU_CLONES void wgrad_image_group(const ConvGeometry& g, const scalar_t* colT, const scalar_t* dz_n,
-                                         int64_t group, acc_t* acc) {
+// The im2col backward works on blocks of B consecutive images of one group, whose P = OH * OW
+// pixels each stack into Q = B * P rows (image i's pixel p is row i * P + p): enough rows for
+// register tiles even when a layer has a single output pixel (LeNet-5's C5).
+constexpr int64_t kBlockRows = 64;
+
+inline int64_t images_per_block(const ConvGeometry& g) {
+  return std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, g.OH * g.OW));
+}
+
+// dzb [Kg][Q]: the group's dz planes of images n0 .. n0 + B - 1 side by side.
+template <typename scalar_t>
+void gather_dz_block(const ConvGeometry& g, const scalar_t* dz, int64_t n0, int64_t B, int64_t group, scalar_t* dzb) {
+  const int64_t P = g.OH * g.OW, Q = B * P;
+  for (int64_t kl = 0; kl < g.Kg; ++kl)
+    for (int64_t i = 0; i < B; ++i) {
+      const scalar_t* src = dz + ((n0 + i) * g.K + group * g.Kg + kl) * P;
+      std::copy(src, src + P, dzb + kl * Q + i * P);
+    }
+}
+
+// colb [Q][CRS]: the transposed im2col of the block's images, stacked.
+template <typename scalar_t>
+void im2col_block(const ConvGeometry& g, const scalar_t* x, int64_t n0, int64_t B, int64_t group, scalar_t* colb) {
   const int64_t P = g.OH * g.OW, CRS = g.Cg * g.R * g.S;
-  for (int64_t kl = 0; kl < g.Kg; ++kl) {
-    const int64_t k = group * g.Kg + kl;
-    const scalar_t* d = dz_n + k * P;
-    acc_t* __restrict__ ak = acc + k * CRS;
-    for (int64_t p = 0; p < P; ++p) {
-      const acc_t dv = static_cast<acc_t>(d[p]);
-      if (dv == acc_t(0)) continue;  // ReLU and max-pool zeros (a NaN is not skipped)
-      const scalar_t* __restrict__ c = colT + p * CRS;
-      for (int64_t crs = 0; crs < CRS; ++crs) ak[crs] += dv * static_cast<acc_t>(c[crs]);
+  for (int64_t i = 0; i < B; ++i) im2col(g, x, n0 + i, group, colb + i * P * CRS, /*transposed=*/true);
+}
+
+// grad_weight's share of one block: acc[k, crs] += sum_q dzb[k, q] colb[q, crs]. Register tiles
+// of 4 channels x 16 taps, summed in the input dtype over at most kBlockRows rows, then added to
+// the acc_t (double for float32) accumulator.
+template <typename scalar_t, typename acc_t>
+REPLAB_CPU_CLONES void wgrad_block(const ConvGeometry& g, const scalar_t* dzb, const scalar_t* colb, int64_t Q,
+                                   int64_t group, acc_t* acc) {
+  constexpr int kC = 16;
+  const int64_t CRS = g.Cg * g.R * g.S;
+  for (int64_t k0 = 0; k0 < g.Kg; k0 += 4) {
+    const int64_t nk = std::min<int64_t>(4, g.Kg - k0);
+    for (int64_t c0 = 0; c0 < CRS; c0 += kC) {
+      const int64_t nc = std::min<int64_t>(kC, CRS - c0);
+      for (int64_t q0 = 0; q0 < Q; q0 += kBlockRows) {
+        const int64_t q_end = std::min(Q, q0 + kBlockRows);
+        scalar_t t[4][kC] = {};
+        for (int64_t q = q0; q < q_end; ++q) {
+          const scalar_t* src = colb + q * CRS + c0;
+          scalar_t v[kC];
+          for (int j = 0; j < kC; ++j) v[j] = j < nc ? src[j] : scalar_t(0);
+          for (int i = 0; i < 4; ++i) {
+            const scalar_t a = i < nk ? dzb[(k0 + i) * Q + q] : scalar_t(0);
+            for (int j = 0; j < kC; ++j) t[i][j] += a * v[j];
+          }
+        }
+        for (int64_t i = 0; i < nk; ++i) {
+          acc_t* ak = acc + (group * g.Kg + k0 + i) * CRS + c0;
+          for (int64_t j = 0; j < nc; ++j) ak[j] += static_cast<acc_t>(t[i][j]);
+        }
+      }
     }
   }
 }
 
-// dcolT[p, crs] = sum over the group's k of dz[k, p] * w[k, crs] (grad_x before col2im).
+// dcolb[q, crs] = sum over the group's k of dzb[k, q] * w[k, crs] (grad_x before col2im): register
+// tiles of 4 rows x 16 taps over the group's channels.
 template <typename scalar_t>
-REPLAB_CPU_CLONES void dcol_image_group(const ConvGeometry& g, const scalar_t* w, const scalar_t* dz_n, int64_t group,
-                                        scalar_t* dcolT) {
-  const int64_t P = g.OH * g.OW, CRS = g.Cg * g.R * g.S;
-  std::fill(dcolT, dcolT + P * CRS, scalar_t(0));
-  for (int64_t kl = 0; kl < g.Kg; ++kl) {
-    const int64_t k = group * g.Kg + kl;
-    const scalar_t* d = dz_n + k * P;
-    const scalar_t* __restrict__ wk = w + k * CRS;
-    for (int64_t p = 0; p < P; ++p) {
-      const scalar_t dv = d[p];
-      if (dv == scalar_t(0)) continue;
-      scalar_t* __restrict__ dc = dcolT + p * CRS;
-      for (int64_t crs = 0; crs < CRS; ++crs) dc[crs] += dv * wk[crs];
+REPLAB_CPU_CLONES void dcol_block(const ConvGeometry& g, const scalar_t* w, const scalar_t* dzb, int64_t Q,
+                                  int64_t group, scalar_t* dcolb) {
+  constexpr int kC = 16;
+  const int64_t CRS = g.Cg * g.R * g.S;
+  const scalar_t* wg = w + group * g.Kg * CRS;
+  for (int64_t q0 = 0; q0 < Q; q0 += 4) {
+    const int64_t nq = std::min<int64_t>(4, Q - q0);
+    for (int64_t c0 = 0; c0 < CRS; c0 += kC) {
+      const int64_t nc = std::min<int64_t>(kC, CRS - c0);
+      scalar_t t[4][kC] = {};
+      for (int64_t kl = 0; kl < g.Kg; ++kl) {
+        const scalar_t* wrow = wg + kl * CRS + c0;
+        scalar_t v[kC];
+        for (int j = 0; j < kC; ++j) v[j] = j < nc ? wrow[j] : scalar_t(0);
+        for (int i = 0; i < 4; ++i) {
+          const scalar_t a = i < nq ? dzb[kl * Q + q0 + i] : scalar_t(0);
+          for (int j = 0; j < kC; ++j) t[i][j] += a * v[j];
+        }
+      }
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < nc; ++j) dcolb[(q0 + i) * CRS + c0 + j] = t[i][j];
+    }
+  }
+}
+
+// dx (the group's Cg input planes of one image, zeroed here) = col2im(dcol [P][CRS]).
+template <typename scalar_t>
+void col2im(const ConvGeometry& g, const scalar_t* dcol, scalar_t* dx) {
+  const int64_t in_plane = g.H * g.W, CRS = g.Cg * g.R * g.S;
+  std::fill(dx, dx + g.Cg * in_plane, scalar_t(0));
+  for (int64_t cl = 0; cl < g.Cg; ++cl) {
+    for (int64_t r = 0; r < g.R; ++r) {
+      for (int64_t s = 0; s < g.S; ++s) {
+        const int64_t crs = (cl * g.R + r) * g.S + s;
+        const int64_t col_off = s * g.dw - g.pw;
+        int64_t ow_lo, ow_hi;
+        valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
+        int64_t oh_lo, oh_hi;
+        valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
+        for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+          scalar_t* dxrow = dx + cl * in_plane + (oh * g.sh + r * g.dh - g.ph) * g.W;
+          const scalar_t* dc = dcol + (oh * g.OW) * CRS + crs;
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxrow[ow * g.sw + col_off] += dc[ow * CRS];
+        }
+      }
     }
   }
 }
@@ -894,19 +971,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       std::vector<acc_t> partial(chunks * g.K * CRS, acc_t(0));
       const bool wide = wide_rows_apply(g);
       const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
+      const int64_t block = images_per_block(g);
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> colT(wide ? g.Kg * wide_pixels(g) : plane * CRS);
+        std::vector<scalar_t> colT(wide ? g.Kg * wide_pixels(g) : block * plane * CRS);
+        std::vector<scalar_t> dzb(wide ? 0 : g.Kg * block * plane);
         for (int64_t ch = begin; ch < end; ++ch) {
           acc_t* acc = partial.data() + ch * g.K * CRS;
-          for (int64_t n = ch * g.N / chunks; n < (ch + 1) * g.N / chunks; ++n) {
-            for (int64_t grp = 0; grp < g.G; ++grp) {
-              if (wide) {
+          const int64_t n_lo = ch * g.N / chunks, n_hi = (ch + 1) * g.N / chunks;
+          if (wide) {
+            for (int64_t n = n_lo; n < n_hi; ++n) {
+              for (int64_t grp = 0; grp < g.G; ++grp) {
                 widen_dz(g, dzp + n * g.K * plane, grp, colT.data());
                 wgrad_image_group_wide<scalar_t, acc_t>(g, xp, colT.data(), offsets.data(), n, grp, acc);
-                continue;
               }
-              im2col(g, xp, n, grp, colT.data(), /*transposed=*/true);
-              wgrad_image_group<scalar_t, acc_t>(g, colT.data(), dzp + n * g.K * plane, grp, acc);
+            }
+            continue;
+          }
+          for (int64_t n0 = n_lo; n0 < n_hi; n0 += block) {
+            const int64_t B = std::min(block, n_hi - n0);
+            for (int64_t grp = 0; grp < g.G; ++grp) {
+              im2col_block(g, xp, n0, B, grp, colT.data());
+              gather_dz_block(g, dzp, n0, B, grp, dzb.data());
+              wgrad_block<scalar_t, acc_t>(g, dzb.data(), colT.data(), B * plane, grp, acc);
             }
           }
         }
@@ -924,37 +1010,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
       const bool wide = wide_rows_apply(g);
       const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
-      at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> dcolT(wide ? g.Kg * wide_pixels(g) : plane * CRS);
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t n = task / g.G, grp = task % g.G;
-          scalar_t* dx = gxp + (n * g.C + grp * g.Cg) * in_plane;
-          if (wide) {
-            widen_dz(g, dzp + n * g.K * plane, grp, dcolT.data());
-            dgrad_image_group_wide<scalar_t>(g, wp, dcolT.data(), offsets.data(), grp, dx);
-            continue;
+      if (wide) {
+        at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> dzw(g.Kg * wide_pixels(g));
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t n = task / g.G, grp = task % g.G;
+            widen_dz(g, dzp + n * g.K * plane, grp, dzw.data());
+            dgrad_image_group_wide<scalar_t>(g, wp, dzw.data(), offsets.data(), grp, gxp + (n * g.C + grp * g.Cg) * in_plane);
           }
-          dcol_image_group<scalar_t>(g, wp, dzp + n * g.K * plane, grp, dcolT.data());
-          std::fill(dx, dx + g.Cg * in_plane, scalar_t(0));
-          for (int64_t cl = 0; cl < g.Cg; ++cl) {
-            for (int64_t r = 0; r < g.R; ++r) {
-              for (int64_t s = 0; s < g.S; ++s) {
-                const int64_t crs = (cl * g.R + r) * g.S + s;
-                const int64_t col_off = s * g.dw - g.pw;
-                int64_t ow_lo, ow_hi;
-                valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
-                int64_t oh_lo, oh_hi;
-                valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
-                for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                  scalar_t* dxrow = dx + cl * in_plane + (oh * g.sh + r * g.dh - g.ph) * g.W;
-                  const scalar_t* dc = dcolT.data() + (oh * g.OW) * CRS + crs;
-                  for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxrow[ow * g.sw + col_off] += dc[ow * CRS];
-                }
-              }
-            }
+        });
+      } else {  // tasks: (block of images, group), blocks small enough to give every thread two
+        const int64_t per_thread = std::max<int64_t>(1, g.N / (2 * at::get_num_threads()));
+        const int64_t block = std::min(images_per_block(g), per_thread), blocks = (g.N + block - 1) / block;
+        at::parallel_for(0, blocks * g.G, 1, [&](int64_t begin, int64_t end) {
+          std::vector<scalar_t> dzb(g.Kg * block * plane), dcolb(block * plane * CRS);
+          for (int64_t task = begin; task < end; ++task) {
+            const int64_t n0 = (task / g.G) * block, grp = task % g.G, B = std::min(block, g.N - n0);
+            gather_dz_block(g, dzp, n0, B, grp, dzb.data());
+            dcol_block<scalar_t>(g, wp, dzb.data(), B * plane, grp, dcolb.data());
+            for (int64_t i = 0; i < B; ++i)
+              col2im(g, dcolb.data() + i * plane * CRS, gxp + ((n0 + i) * g.C + grp * g.Cg) * in_plane);
           }
-        }
-      });
+        });
+      }
     }
 
     if (output_mask[1] && !use_col) {  // grad_w[k, cl, r, s] = sum_n sum_{oh, ow} dz[n, k, oh, ow] * x[n, c, ih, iw]

@@ -226,8 +226,9 @@ def test_parity_cuda(case, dtype):
         (2, 384, 13, 13, 256, 3, 3, 1, 1, 1, 2, "relu", ("max", 3, 2)),
         (64, 1, 32, 32, 6, 5, 5, 1, 0, 1, 1, "relu", ("max", 2, 2)),
         (64, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1, "scaled_tanh", ("avg", 2, 2)),
+        (64, 3, 227, 227, 96, 11, 11, 4, 0, 1, 1, "relu", ("max", 3, 2)),  # grad_input's dcol in 2 image chunks
     ],
-    ids=["alex1", "alex2", "alex3", "alex5", "lenet1", "lenet3"],
+    ids=["alex1", "alex2", "alex3", "alex5", "lenet1", "lenet3", "alex1-b64"],
 )
 def test_parity_cuda_model_shapes(shape, dtype):
     check_case(shape, dtype, "cuda", seed=50)
