@@ -128,6 +128,15 @@ inline unsigned int blocks_for(int64_t total, int threads) {
 
 REPLAB_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Where flat index idx of a contiguous (planes, rows, cols) tensor lies: plane = n * channels + c.
+struct PlanePos {
+  int64_t plane, row, col;
+};
+__device__ __forceinline__ PlanePos plane_position(int64_t idx, int64_t rows, int64_t cols) {
+  const int64_t t = idx / cols;
+  return {t / rows, t % rows, idx % cols};
+}
+
 // x[n, c, ih, iw] or 0 outside the input (zero padding).
 template <typename scalar_t>
 __device__ __forceinline__ typename AccType<scalar_t>::type load_x(const scalar_t* __restrict__ x, const ConvGeometry& g,
@@ -156,12 +165,8 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t inv_area = acc_t(1) / acc_t(g.pkh * g.pkw);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t px = idx % g.PW;
-    int64_t t = idx / g.PW;
-    const int64_t py = t % g.PH;
-    t /= g.PH;
-    const int64_t k = t % g.K;
-    const int64_t n = t / g.K;
+    const PlanePos pos = plane_position(idx, g.PH, g.PW);
+    const int64_t px = pos.col, py = pos.row, k = pos.plane % g.K, n = pos.plane / g.K;
     const int64_t c0 = (k / g.Kg) * g.Cg;
     const acc_t* wk = ws + k * kernel_size;
     const acc_t b = bias != nullptr ? to_acc(bias[k]) : acc_t(0);
@@ -697,10 +702,8 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t inv_area = acc_t(1) / acc_t(g.pkh * g.pkw);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t px = idx % g.PW;
-    int64_t t = idx / g.PW;
-    const int64_t py = t % g.PH;
-    const int64_t nk = t / g.PH;
+    const PlanePos pos = plane_position(idx, g.PH, g.PW);
+    const int64_t px = pos.col, py = pos.row, nk = pos.plane;
     const scalar_t* zp = z + (nk * g.OH + py * g.psh) * g.OW + px * g.psw;
     acc_t result = acc_t(0);
     bool first = true;
@@ -738,10 +741,8 @@ __global__ void __launch_bounds__(kThreads)
       dz[idx] = from_acc<dz_t>(to_acc(dy[idx]));
       continue;
     }
-    const int64_t ow = idx % g.OW;
-    int64_t t = idx / g.OW;
-    const int64_t oh = t % g.OH;
-    const int64_t nk = t / g.OH;
+    const PlanePos pos = plane_position(idx, g.OH, g.OW);
+    const int64_t ow = pos.col, oh = pos.row, nk = pos.plane;
     acc_t grad = acc_t(0);
     bool covered = g.pool == PoolKind::None;
     if (g.pool == PoolKind::None) {
@@ -859,12 +860,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t total = g.N * g.C * g.H * g.W;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t iw = idx % g.W;
-    int64_t t = idx / g.W;
-    const int64_t ih = t % g.H;
-    t /= g.H;
-    const int64_t c = t % g.C;
-    const int64_t n = t / g.C;
+    const PlanePos pos = plane_position(idx, g.H, g.W);
+    const int64_t iw = pos.col, ih = pos.row, c = pos.plane % g.C, n = pos.plane / g.C;
     const int64_t group = c / g.Cg, cl = c % g.Cg;
     acc_t sum = acc_t(0);
     for (int64_t r = 0; r < g.R; ++r) {

@@ -144,8 +144,9 @@ class Conv2d(nn.Conv2d):
         return super().extra_repr() + ", kernel=replab_fast.ops.conv2d"
 
 
-class FusedConv2d(Conv2d):
-    """``nn.Conv2d`` + activation + pooling in one ``replab_fast.ops.conv2d`` call."""
+class _FusedEpilogue:
+    """The activation and pooling that a fused convolution applies in its kernel's epilogue
+    (mixed in before the convolution drop-in, whose forward passes them to the op)."""
 
     def __init__(self, *args, activation: Optional[str] = None, pool: Optional[tuple] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -154,6 +155,10 @@ class FusedConv2d(Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}, pool={self.pool}"
+
+
+class FusedConv2d(_FusedEpilogue, Conv2d):
+    """``nn.Conv2d`` + activation + pooling in one ``replab_fast.ops.conv2d`` call."""
 
 
 class PartialConv2d(lenet.PartialConv2d):
@@ -176,16 +181,8 @@ class PartialConv2d(lenet.PartialConv2d):
         return super().extra_repr() + ", kernel=replab_fast.ops.conv2d"
 
 
-class FusedPartialConv2d(PartialConv2d):
+class FusedPartialConv2d(_FusedEpilogue, PartialConv2d):
     """LeNet-5's C3 + activation + pooling in one ``replab_fast.ops.conv2d`` call."""
-
-    def __init__(self, *args, activation: Optional[str] = None, pool: Optional[tuple] = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.activation = activation
-        self.pool = pool
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", activation={self.activation}, pool={self.pool}"
 
 
 class Fused(nn.Module):
