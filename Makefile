@@ -6,12 +6,13 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: help torch ninja install install-test demo test cuda-compile-check
+.PHONY: help torch ninja install install-test demo test cuda-compile-check newest-torch-check
 
 help:
 	@echo "make demo   install, then run every model family reference vs fast (replab-fast demo)"
 	@echo "make test   install with the test extras, then run the test suite"
-	@echo "make cuda-compile-check  compile every csrc/*.cu with nvcc for sm_80 and sm_90, warnings as errors (no GPU needed)"
+	@echo "make cuda-compile-check  compile every csrc source as C++17 and C++20 (.cu: nvcc, sm_80 and sm_90), warnings as errors (no GPU needed)"
+	@echo "make newest-torch-check  a fresh venv, the plain pip install -e . (newest torch), conv/swap/model tests"
 	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
 	@echo "make gpu-check  on a CUDA machine: build, tests, benchmarks, report -> bench/results/<gpu>_<date>/"
 
@@ -34,10 +35,16 @@ install: torch ninja
 install-test: torch ninja
 	$(PIP) install --no-build-isolation -e ".[test]"
 
-# Every csrc/*.cu compiled (-c only) for sm_80 and sm_90 with warnings as errors, against the
-# installed torch's headers: a CUDA compile error fails CI on a machine without a GPU.
+# Every csrc source compiled (-c only) as C++17 and as C++20, the .cu files with nvcc for sm_80
+# and sm_90, warnings as errors, against the installed torch's headers: a compile error fails CI
+# on a machine without a GPU.
 cuda-compile-check: torch
 	PYTHON=$(PYTHON) bash scripts/cuda_compile_check.sh
+
+# The plain `pip install -e ".[test]"` in a fresh venv (the newest supported torch, downloaded:
+# several GB), then the conv, swap and model tests against it (scripts/newest_torch_check.sh).
+newest-torch-check:
+	PYTHON=$(PYTHON) bash scripts/newest_torch_check.sh
 
 demo: install
 	$(PYTHON) -m replab_fast.cli demo

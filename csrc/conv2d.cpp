@@ -76,8 +76,12 @@ PyObject* PyInit__C(void) {
       PyModuleDef_HEAD_INIT,
       "_C",  // name
       "replab_fast's C++/CUDA extension: registers torch.ops.replab_fast.conv2d*",  // doc
-      -1,    // no per-interpreter state
-      nullptr,
+      -1,       // no per-interpreter state
+      nullptr,  // methods
+      nullptr,  // slots
+      nullptr,  // traverse
+      nullptr,  // clear
+      nullptr,  // free
   };
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;

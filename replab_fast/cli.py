@@ -1,4 +1,4 @@
-"""The `replab-fast` command: `models`, `demo`, `bench-report`."""
+"""The `replab-fast` command: `models`, `demo`, `bench-report` (also `python -m replab_fast`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional
 
+from . import __version__
 from .models.registry import count_parameters, create_model, get_spec, list_models
 
 
@@ -28,12 +29,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, run_demo, summary
+    from .demo import format_table, legend, run_demo, summary
 
     rows = run_demo(args.models or None, device=args.device, batch_size=args.batch_size, iters=args.iters)
     print(format_table(rows))
+    print()
+    print(legend(rows))
     print(summary(rows))
     return 0 if all(r.passed for r in rows) else 1
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _cmd_bench_report(args: argparse.Namespace) -> int:
@@ -48,6 +62,7 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replab-fast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"replab_fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="every model with its parameter count and the paper's figure")
@@ -55,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="each model family: reference vs fast kernels, forward and backward")
     p.add_argument("models", nargs="*", help="registry names (default: one small preset per family)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per model (median reported)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--iters", type=positive_int, default=5,
+                   help="timed repetitions per model and round, at least (median and p20-p80 reported)")
     p.set_defaults(func=_cmd_demo)
 
     from .bench_report import add_arguments as add_bench_report_arguments

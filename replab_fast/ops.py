@@ -101,9 +101,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: Op
         With T * Hq / Hk <= 64 (decoding) the keys are split across programs and combined
         (flash-decoding). Same function as ``replab_fast.models.llama.attention_ref``.
     """
-    D = q.shape[-1] if isinstance(q, Tensor) and q.dim() > 0 else 1
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    return _torch_ops.replab_fast.attention(q, k, v, bool(causal), scale)[0]
+    if scale is None:
+        # 1 / sqrt(D). A head dim the kernels do not take (D = 0 among them) gets a placeholder
+        # here, so that the op's own check reports it ("head dims from 16 to 256 ...").
+        D = q.shape[-1] if isinstance(q, Tensor) and q.dim() > 0 else 0
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    return _torch_ops.replab_fast.attention(q, k, v, bool(causal), float(scale))[0]
 
 
 def conv2d(
@@ -111,7 +114,7 @@ def conv2d(
     weight: Tensor,
     bias: Optional[Tensor] = None,
     stride=1,
-    padding=0,
+    padding: "int | tuple[int, int] | str" = 0,
     dilation=1,
     groups: int = 1,
     activation: Optional[str] = None,
@@ -125,7 +128,8 @@ def conv2d(
         x: (N, C, H, W); CPU: float32 / float64; CUDA: float16 / bfloat16 / float32 (fp32
             accumulation) / float64. Any strides.
         weight: (K, C / groups, R, S), x's dtype and device; bias: (K,) or None.
-        stride, padding, dilation: int or (height, width); groups divides C and K.
+        stride, dilation: int or (height, width); groups divides C and K.
+        padding: int, (height, width), "valid" or "same" (stride 1), as torch.nn.functional.conv2d.
         activation: None, "relu", "tanh" or "scaled_tanh" (LeNet-5's 1.7159 * tanh(2x/3)).
         pool: None, ("max", k, s) or ("avg", k, s), k and s ints or pairs; no padding, floor mode.
 

@@ -18,8 +18,10 @@ says, per swapped module, which kernels it uses and why the others were left out
 ``accelerate(model)`` walks the model, and for every submodule whose class is exactly a
 registered reference class it builds the drop-in and puts it in the parent's place, then walks
 on into the drop-in's children (a fused block may keep reference children that have drop-ins
-of their own). The drop-in
-reuses the reference's parameters and buffers (the same tensor objects: an optimizer built
+of their own). Off CUDA, a drop-in registered with ``interpreted_on_cpu=True`` (the Triton
+kernels, which run there only through Triton's interpreter) is swapped in only with
+``accelerate(model, interpret=True)``: a plain call swaps what is fast on the model's device. The
+drop-in reuses the reference's parameters and buffers (the same tensor objects: an optimizer built
 before the swap keeps training the same weights) under the same state_dict keys; this is
 verified at swap time. ``restore(model)`` puts the original modules back, bound to the current
 tensors, so training done and ``.to()`` calls made while accelerated carry over.
@@ -29,6 +31,7 @@ Nothing here patches a class or a global: a swap touches one model instance and 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -51,6 +54,9 @@ class DropIn:
     # False for an instance the drop-in is not about at all (a Sequential without a convolution
     # for the fused conv): accelerate then treats it as unregistered, with no report entry.
     applies: Optional[Callable[[nn.Module], bool]] = None
+    # True for Triton kernels: off a CUDA device they run only through Triton's interpreter
+    # (correct, and orders of magnitude slower), so accelerate swaps them there only when asked.
+    interpreted_on_cpu: bool = False
 
     @property
     def kernels(self) -> tuple[str, ...]:
@@ -77,12 +83,15 @@ def register_drop_in(
     build: Union[BuildFn, MultiBuildFn],
     check: Union[CheckFn, Mapping[str, CheckFn], None] = None,
     applies: Optional[Callable[[nn.Module], bool]] = None,
+    interpreted_on_cpu: bool = False,
 ) -> DropIn:
     """Register a fast replacement for ``reference``; the first usable one registered wins.
 
     ``kernel`` is one name, or several for a drop-in that carries several kernels; then ``build``
     takes ``(module, kernels)`` (the enabled, usable subset) and ``check`` may be a mapping from
-    kernel name to its check.
+    kernel name to its check. ``interpreted_on_cpu``: the kernels are Triton kernels, which run
+    off CUDA only through the interpreter; ``accelerate`` then swaps them there only with
+    ``interpret=True``.
     """
     if not (isinstance(reference, type) and issubclass(reference, nn.Module)):
         raise TypeError(f"reference must be an nn.Module subclass, got {reference!r}")
@@ -95,7 +104,7 @@ def register_drop_in(
         unknown = sorted(set(check) - set(names))
         if unknown:
             raise ValueError(f"checks for kernels the drop-in does not carry: {', '.join(unknown)}")
-    drop_in = DropIn(reference, kernel, build, check, applies)
+    drop_in = DropIn(reference, kernel, build, check, applies, bool(interpreted_on_cpu))
     _DROP_INS.setdefault(reference, []).append(drop_in)
     return drop_in
 
@@ -236,17 +245,37 @@ def _applicable(module: nn.Module) -> list[DropIn]:
     return [d for d in _DROP_INS.get(type(module), []) if d.applies is None or d.applies(module)]
 
 
-def _choose(module: nn.Module, enabled: dict[str, bool]) -> tuple[Optional[DropIn], tuple[str, ...], str]:
+INTERPRETER_REASON = (
+    "Triton kernels run on a CPU only through the interpreter (slow); pass interpret=True to check parity"
+)
+
+
+def _off_cuda(module: nn.Module) -> bool:
+    """Whether ``module``'s tensors live off CUDA (where Triton kernels are only interpreted)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return tensor is None or tensor.device.type != "cuda"
+
+
+@dataclass(frozen=True)
+class _Options:
+    enabled: Mapping[str, bool]  # kernel name -> on/off, as the caller gave them (default on)
+    interpret: bool  # swap Triton kernels off CUDA too (through the interpreter)
+
+
+def _choose(module: nn.Module, options: _Options) -> tuple[Optional[DropIn], tuple[str, ...], str]:
     """The first drop-in for ``module`` with at least one usable kernel, the kernels it will use
     and why its other kernels were left out; or None, () and the reasons."""
     reasons = []
     for drop_in in _applicable(module):
         usable, left_out = [], []
+        interpreter_only = drop_in.interpreted_on_cpu and not options.interpret and _off_cuda(module)
         for kernel in drop_in.kernels:
-            if not enabled.get(kernel, True):
+            if not options.enabled.get(kernel, True):
                 left_out.append(f"{kernel} disabled by the caller")
                 continue
-            reason = drop_in.unusable_reason(kernel, module)
+            reason = drop_in.unusable_reason(kernel, module) or (INTERPRETER_REASON if interpreter_only else None)
             if reason:
                 left_out.append(f"{kernel}: {reason}")
                 continue
@@ -257,11 +286,11 @@ def _choose(module: nn.Module, enabled: dict[str, bool]) -> tuple[Optional[DropI
     return None, (), "; ".join(reasons)
 
 
-def _swap_one(module: nn.Module, path: str, enabled: dict[str, bool], report: SwapReport) -> Optional[nn.Module]:
+def _swap_one(module: nn.Module, path: str, options: _Options, report: SwapReport) -> Optional[nn.Module]:
     """The drop-in for ``module`` if one is registered and usable, else None; the report says which."""
     if not _applicable(module):
         return None
-    drop_in, kernels, reason = _choose(module, enabled)
+    drop_in, kernels, reason = _choose(module, options)
     if drop_in is None:
         report.entries.append(SwapEntry(path, type(module).__name__, None, False, reason))
         return None
@@ -272,51 +301,78 @@ def _swap_one(module: nn.Module, path: str, enabled: dict[str, bool], report: Sw
     return fast
 
 
-def _swap_children(parent: nn.Module, prefix: str, enabled, report: SwapReport, swaps: list[_Swap]) -> None:
+def _swap_children(parent: nn.Module, prefix: str, options: _Options, report: SwapReport, swaps: list[_Swap]) -> None:
     """Depth first: a child is swapped first, then the children of whatever now sits in its place
     (a drop-in may keep reference children, e.g. a fused block keeps its norms and attention,
     and those get their own drop-ins)."""
     for name, child in list(parent.named_children()):
         path = f"{prefix}.{name}" if prefix else name
-        fast = _swap_one(child, path, enabled, report)
+        fast = _swap_one(child, path, options, report)
         if fast is not None:
             setattr(parent, name, fast)
             swaps.append(_Swap(parent, name, child, fast, report.entries[-1].kernels))
-        _swap_children(fast if fast is not None else child, path, enabled, report, swaps)
+        _swap_children(fast if fast is not None else child, path, options, report, swaps)
 
 
-def accelerate(model: nn.Module, **which: bool) -> nn.Module:
-    """Replace reference submodules of ``model`` in place with their fast drop-ins.
-
-    ``which`` turns kernels on or off by name, e.g. ``accelerate(model, rope=False)``; every
-    registered kernel is on by default. Returns the model (the drop-in itself when the model is
-    a reference module). What was swapped, what was not and why is in ``model.replab_report``
-    (a :class:`SwapReport`). Calling it again swaps what is left.
-    """
+def _check_arguments(model: object, interpret: object, which: Mapping[str, object]) -> None:
+    if not isinstance(model, nn.Module):
+        hint = (f"; build the model first: replab_fast.create_model({model!r})" if isinstance(model, str) else "")
+        raise TypeError(f"accelerate expects an nn.Module (a model), got {type(model).__name__} {model!r:.60}{hint}")
+    if not isinstance(interpret, bool):
+        raise TypeError(f"accelerate: interpret must be True or False, got {interpret!r}")
     known = registered_kernels()
     unknown = sorted(set(which) - set(known))
     if unknown:
         raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; registered kernels: {', '.join(known) or 'none'}")
+    for name, value in which.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"accelerate: {name} must be True or False (turns the {name} kernel on or off), got {value!r}")
 
+
+def accelerate(model: nn.Module, *, interpret: bool = False, **which: bool) -> nn.Module:
+    """Replace reference submodules of ``model`` in place with their fast drop-ins.
+
+    ``which`` turns kernels on or off by name, e.g. ``accelerate(model, rope=False)``; every
+    registered kernel is on by default. By default only kernels that are fast on the model's
+    device are swapped in: off CUDA, the Triton kernels run only through Triton's interpreter
+    (correct, and far slower than PyTorch), so there they are swapped in only with
+    ``interpret=True`` (to check parity on a machine without a GPU); the C++ convolution runs
+    natively on the CPU. Returns the model (the drop-in itself when the model is a reference
+    module). What was swapped, what was not and why is in ``model.replab_report`` (a
+    :class:`SwapReport`). A model that is already accelerated is left as it is, with a warning:
+    ``restore`` it first to accelerate it with other options.
+    """
+    _check_arguments(model, interpret, which)
+    previous: list[_Swap] = model.__dict__.get("_replab_swaps", [])
+    if previous:
+        kernels = ", ".join(swapped_kernels(model))
+        warnings.warn(
+            f"{type(model).__name__} is already accelerated ({kernels}); nothing changed. "
+            "Call replab_fast.restore(model) first to accelerate it with other options.",
+            stacklevel=2,
+        )
+        return model
+
+    options = _Options(which, interpret)
     report = SwapReport()
     swaps: list[_Swap] = []
-    root = _swap_one(model, "", which, report)
+    root = _swap_one(model, "", options, report)
     if root is not None:
         swaps.append(_Swap(None, "", model, root, report.entries[-1].kernels))
     else:
         root = model
-    _swap_children(root, "", which, report, swaps)
+    _swap_children(root, "", options, report, swaps)
 
-    previous: list[_Swap] = model.__dict__.get("_replab_swaps", [])
-    root.__dict__["_replab_swaps"] = previous + swaps
+    root.__dict__["_replab_swaps"] = swaps
     root.__dict__["replab_report"] = report
     return root
 
 
 def restore(model: nn.Module) -> nn.Module:
-    """Undo every ``accelerate`` on ``model``: the original modules go back, bound to the
-    current parameters and buffers. Returns the model (the original when the model itself
-    was swapped)."""
+    """Undo ``accelerate`` on ``model``: the original modules go back, bound to the current
+    parameters and buffers. Returns the model (the original when the model itself was swapped)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"restore expects an nn.Module (a model), got {type(model).__name__} {model!r:.60}")
     swaps: list[_Swap] = model.__dict__.pop("_replab_swaps", [])
     model.__dict__.pop("replab_report", None)
     root = model

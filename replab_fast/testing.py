@@ -1,10 +1,11 @@
-"""Helpers for parity tests (shared/GUIDE.md section 3), used by the test suite.
+"""Helpers for parity tests, used by the test suite.
 
 - ``DEVICES``: parametrize over CPU (Triton's interpreter) and CUDA, the CUDA case skipped with
   a stated reason where there is no GPU.
 - ``random_tensor``: fresh seeded inputs, drawn in float64 then cast (never zeros or ones).
-- ``assert_parity``: the fast path against the float64 reference; for fp16/bf16 the 2x rule:
-  error <= 2 x the reference's own error at that dtype + a small floor.
+- ``assert_parity``: the fast path against the float64 reference; for fp16/bf16 (and fp32 when
+  the fp32 reference run is given) the parity rule of ``replab_fast.parity``: error <= 2 x the
+  reference's own error at that dtype + a small floor.
 - ``poisoned_memory``: every ``torch.empty`` is filled with NaN, so an output element a kernel
   never writes fails the test.
 """
@@ -18,14 +19,17 @@ import pytest
 import torch
 from torch import Tensor
 
+from . import parity
+from .parity import FLOORS, magnitude, max_abs_error
+
 CUDA_REASON = "needs a CUDA device (the compiled Triton kernels); this machine has none"
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)]),
 ]
 
-FLOAT64_RTOL = 1e-12  # both sides in float64: they differ only in summation order
-LOW_PRECISION_FLOOR = 1e-3  # absolute floor of the 2x rule, relative to max(1, |reference|)
+FLOAT64_RTOL = FLOORS[torch.float64]  # both sides in float64: they differ only in summation order
+LOW_PRECISION_FLOOR = FLOORS[torch.float16]  # absolute floor of the 2x rule, relative to max(1, |reference|)
 
 
 def random_tensor(shape, dtype, device, seed: int, *, requires_grad=False, scale=1.0, shift=0.0) -> Tensor:
@@ -35,28 +39,31 @@ def random_tensor(shape, dtype, device, seed: int, *, requires_grad=False, scale
     return t.requires_grad_(requires_grad)
 
 
-def assert_parity(name: str, fast: Tensor, ref64: Tensor, ref_low: Optional[Tensor] = None, *, fp32_rtol: float) -> None:
+def assert_parity(
+    name: str, fast: Tensor, ref64: Tensor, ref_low: Optional[Tensor] = None, *, fp32_rtol: Optional[float] = None
+) -> None:
     """``fast`` (any dtype) against the float64 reference ``ref64``.
 
-    float64: within FLOAT64_RTOL; float32: within ``fp32_rtol`` (state why next to the test);
-    fp16/bf16: within 2x the error of ``ref_low`` (the reference run at fast's dtype) plus the
-    floor. Every bound is relative to max(1, max |ref64|). NaN anywhere fails.
+    float64: within FLOAT64_RTOL. fp16 / bf16, and float32 when ``ref_low`` is given: the parity
+    rule (``replab_fast.parity``): within 2x the error of ``ref_low`` (the reference run at fast's
+    dtype) plus the dtype's floor. float32 without ``ref_low``: within ``fp32_rtol`` (state why
+    next to the test). Every bound is relative to max(1, max |ref64|). NaN anywhere fails.
     """
     assert fast.shape == ref64.shape, f"{name}: shape {tuple(fast.shape)} != {tuple(ref64.shape)}"
     assert not torch.isnan(fast).any(), f"{name}: NaN (an unwritten element?)"
     if fast.numel() == 0:
         return
-    err = (fast.double() - ref64.double()).abs().max().item()
-    scale = max(1.0, ref64.abs().max().item())
+    err = max_abs_error(fast, ref64)
+    scale = magnitude(ref64)
     if fast.dtype == torch.float64:
         assert err <= FLOAT64_RTOL * scale, f"{name}: float64 error {err:.3g}"
-    elif fast.dtype == torch.float32:
+    elif fast.dtype == torch.float32 and ref_low is None:
+        assert fp32_rtol is not None, f"{name}: float32 needs fp32_rtol or the reference run in float32"
         assert err <= fp32_rtol * scale, f"{name}: float32 error {err:.3g} > {fp32_rtol:g} x {scale:.3g}"
     else:
         assert ref_low is not None, f"{name}: the 2x rule needs the reference run at {fast.dtype}"
-        ref_err = (ref_low.double() - ref64.double()).abs().max().item()
-        bound = 2 * ref_err + LOW_PRECISION_FLOOR * scale
-        assert err <= bound, f"{name}: {fast.dtype} error {err:.3g} > 2 x reference's {ref_err:.3g} + floor"
+        result = parity.check(name, fast, ref_low, ref64)
+        assert result.passed, str(result)
 
 
 @contextlib.contextmanager

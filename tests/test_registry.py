@@ -39,3 +39,15 @@ def test_unknown_override_names_the_fields():
 
 def test_list_models_by_family():
     assert set(replab_fast.list_models("lenet5")) == {"lenet5-classic", "lenet5-modern"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no CUDA")
+def test_cuda_where_there_is_none_is_a_clear_error():
+    with pytest.raises(ValueError, match="device 'cuda' was asked for, but .*(without CUDA|sees no GPU)"):
+        replab_fast.create_model("lenet5-classic", device="cuda")
+
+
+@pytest.mark.parametrize("device,match", [("tpu", "'tpu' is not a device"), (3.5, "must be a string")])
+def test_a_device_that_is_not_one(device, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        replab_fast.create_model("lenet5-classic", device=device)

@@ -156,10 +156,48 @@ def test_accelerate_twice_then_restore_once():
     norms = {p: m for p, m in model.named_modules() if type(m) is RMSNorm}
     with probe_registered(RMSNorm):
         replab_fast.accelerate(model)
-        replab_fast.accelerate(model)
-        assert not model.replab_report.entries  # nothing left to swap
+        swapped, report = list(model.modules()), model.replab_report
+        with pytest.warns(UserWarning, match="already accelerated \\(probe\\); nothing changed"):
+            replab_fast.accelerate(model)
+        assert list(model.modules()) == swapped and model.replab_report is report
         replab_fast.restore(model)
     assert {p: m for p, m in model.named_modules() if type(m) is RMSNorm} == norms
+
+
+@pytest.mark.parametrize("model", ["llama-tiny", torch.zeros(3), None, nn.Linear], ids=["name", "tensor", "none", "class"])
+def test_accelerate_needs_a_module(model):
+    with pytest.raises(TypeError, match="accelerate expects an nn.Module"):
+        replab_fast.accelerate(model)
+    with pytest.raises(TypeError, match="restore expects an nn.Module"):
+        replab_fast.restore(model)
+
+
+def test_a_model_name_gets_a_hint_to_build_it():
+    with pytest.raises(TypeError, match=r"replab_fast.create_model\('llama-tiny'\)"):
+        replab_fast.accelerate("llama-tiny")
+
+
+@pytest.mark.parametrize("flags", [dict(rope="no"), dict(rope=0), dict(rope=None), dict(interpret="yes"), dict(interpret=1)])
+def test_flags_must_be_booleans(flags):
+    model, _, _ = model_and_batch("llama-tiny")
+    name = next(iter(flags))
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        replab_fast.accelerate(model, **flags)
+    assert "_replab_swaps" not in model.__dict__
+
+
+def test_an_interpreted_drop_in_is_swapped_off_cuda_only_with_interpret():
+    model, inputs, _ = model_and_batch("llama-tiny")
+    swap.registered_kernels()
+    probe_cls = make_probe_class(RMSNorm)
+    with mock.patch.dict(swap._DROP_INS, clear=True):
+        register_drop_in(RMSNorm, kernel="probe", build=build_probe(probe_cls), interpreted_on_cpu=True)
+        replab_fast.accelerate(model)
+        assert not model.replab_report.swapped
+        assert all("pass interpret=True to check parity" in e.reason for e in model.replab_report.skipped)
+        replab_fast.accelerate(model, interpret=True)
+        assert model.replab_report.kernels() == ["probe"] and not model.replab_report.skipped
+        replab_fast.restore(model)
 
 
 def test_a_reference_module_as_the_model_itself():

@@ -55,12 +55,13 @@ PoolSpec = Optional[tuple]  # None, (kind, kernel) or (kind, kernel, stride); ke
 
 
 def _pair(value: IntPair, name: str) -> list[int]:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return [value, value]
-    values = [int(v) for v in value]
-    if len(values) != 2:
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
         raise ValueError(f"replab_fast.conv2d: {name} must be an int or a pair of ints, got {value!r}")
-    return values
+    return list(value)
 
 
 def normalize_pool(pool: PoolSpec) -> tuple[str, list[int], list[int]]:
@@ -77,6 +78,43 @@ def normalize_pool(pool: PoolSpec) -> tuple[str, list[int], list[int]]:
 def conv_output_size(size, kernel: int, stride: int, padding: int, dilation: int):
     """Floor-mode output size of a convolution or pooling window (works on SymInts)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+INDEX_LIMIT = 2**31 - 1  # the kernels index rows and columns of the padded input with 32-bit ints
+
+
+def resolve_padding(padding: Union[str, IntPair], weight: Tensor, stride: list[int], dilation: list[int]):
+    """(symmetric padding per side (height, width), extra zeros (bottom, right) or None).
+
+    ``padding`` as torch.nn.functional.conv2d takes it: an int, a pair, ``"valid"`` (none) or
+    ``"same"`` (stride 1 only; the output has the input's size). For "same" with an even dilated
+    kernel the total padding is odd: as in torch, the extra zero row / column goes at the bottom /
+    right, and the kernels pad symmetrically, so that extra is padded onto x before the op.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0], None
+        if padding != "same":
+            raise ValueError(f"replab_fast.conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if stride != [1, 1]:
+            raise ValueError(f"replab_fast.conv2d: padding='same' needs stride 1 (as in torch), got stride {tuple(stride)}")
+        totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+        extra = (totals[0] % 2, totals[1] % 2)
+        return [totals[0] // 2, totals[1] // 2], (extra if any(extra) else None)
+    return _pair(padding, "padding"), None
+
+
+def _check_sizes(x: Tensor, padding: list[int]) -> None:
+    """A padding the kernels cannot index is an error that names it, not an overflow deep inside."""
+    if x.dim() != 4 or any(p < 0 for p in padding):
+        return  # the op's own checks name these
+    for axis, (size, pad) in enumerate(zip(x.shape[2:], padding)):
+        if size + 2 * pad > INDEX_LIMIT:
+            name = ("height", "width")[axis]
+            raise ValueError(
+                f"replab_fast.conv2d: padding {pad} makes the padded input {size + 2 * pad} pixels in {name}, more "
+                f"than the kernels index ({INDEX_LIMIT}); padding must be at most {(INDEX_LIMIT - size) // 2} here"
+            )
 
 
 def conv2d(
@@ -96,8 +134,9 @@ def conv2d(
         x: (N, C, H, W), any strides (copied to contiguous NCHW once when needed). CPU: float32 or
             float64; CUDA: float16, bfloat16, float32 (accumulating in fp32) or float64.
         weight: (K, C / groups, R, S), x's dtype and device. bias: (K,) or None.
-        stride, padding, dilation: int or (height, width). groups: divides C and K (AlexNet's
-            two-GPU split is groups=2).
+        stride, dilation: int or (height, width). padding: int, (height, width), "valid" or
+            "same" (stride 1; an odd total padding puts the extra zeros at the bottom / right, as
+            torch does). groups: divides C and K (AlexNet's two-GPU split is groups=2).
         activation: None, "relu", "tanh" or "scaled_tanh" (LeNet-5's 1.7159 tanh(2x/3)).
         pool: None, ("max" | "avg", kernel, stride) with kernel and stride ints or pairs (the
             stride defaults to the kernel); no padding, floor mode.
@@ -113,13 +152,18 @@ def conv2d(
             "replab_fast.conv2d: got CUDA tensors, but replab_fast._C was built without its CUDA kernels "
             f"(no nvcc or a CPU-only torch at build time); rebuild with `{_extension.BUILD_COMMAND}` on this machine"
         )
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    padding, extra = resolve_padding(padding, weight, stride, dilation)
+    if extra is not None and isinstance(x, Tensor):
+        x = F.pad(x, (0, extra[1], 0, extra[0]))  # "same" with an even kernel: torch's extra zeros
+    _check_sizes(x, padding)
     fused = activation is not None or kind != "none"
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     out, _ = torch.ops.replab_fast.conv2d(
-        x, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"),
-        int(groups), activation or "none", kind, pool_kernel, pool_stride, bool(fused and needs_grad),
+        x, weight, bias, stride, padding, dilation, int(groups), activation or "none", kind, pool_kernel,
+        pool_stride, bool(fused and needs_grad),
     )  # fmt: skip
     return out
 

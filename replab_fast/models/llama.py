@@ -476,6 +476,12 @@ class Llama(nn.Module):
         B, T = tokens.shape
         if T < 1:
             raise ValueError(f"Llama expects at least one token per sequence, got tokens of shape {(B, T)}")
+        weights = self.tok_embeddings.weight.device
+        if tokens.device != weights:
+            raise ValueError(
+                f"Llama got tokens on {tokens.device} but its weights are on {weights}; put both on one device, "
+                f"e.g. tokens.to({str(weights)!r})"
+            )
         vocab = self.config.vocab_size
         if tokens.numel() > 0 and tokens.device.type != "meta" and not torch.compiler.is_compiling():
             low, high = int(tokens.min()), int(tokens.max())

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from ..devices import resolve_device
+
 # A batch is (inputs, target): the model is called as model(*inputs); target feeds the loss.
 Batch = tuple[tuple[Tensor, ...], Tensor]
 MakeBatch = Callable[..., Batch]  # (model, batch_size, *, generator) -> Batch
@@ -100,6 +102,7 @@ def create_model(
     """
     spec = get_spec(name)
     config = spec.build_config(**overrides)
+    device = resolve_device(device) if device is not None else None  # None: torch's default device
     return spec.model_cls(config, device=device, dtype=dtype)
 
 

@@ -4,7 +4,7 @@ Kernel "conv2d" (one module for one module):
 
 - ``Conv2d`` for ``torch.nn.Conv2d`` (LeNet-5's C1/C5, AlexNet's conv1-5, the conv autoencoder's
   stride-2 convs): same parameters and state_dict keys; zero padding only (``padding_mode``
-  "zeros", ``padding="same"`` when it is symmetric).
+  "zeros"; any int, pair, "valid" or "same" padding).
 - ``PartialConv2d`` for LeNet-5's ``PartialConv2d`` (C3 with Table I): the reference's own
   ``dense_weight()`` scatters the 60 stored kernels into the (16, 6, 5, 5) kernel with exact zeros
   at every forward (absent connections get no gradient, as in the reference), then the
@@ -84,21 +84,12 @@ def _tensors_unusable_reason(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _zero_padding(conv: nn.Conv2d) -> tuple[Optional[tuple[int, int]], str]:
-    """The symmetric zero padding of ``conv`` per axis, or None and why it has none."""
+def _zero_padding_reason(conv: nn.Conv2d) -> Optional[str]:
+    """Why the kernels cannot pad like ``conv``, or None (they pad with zeros: any int, pair,
+    "valid" or "same" padding, as torch.nn.functional.conv2d takes it)."""
     if conv.padding_mode != "zeros":
-        return None, f"padding_mode {conv.padding_mode!r} (the kernels pad with zeros only)"
-    if conv.padding == "valid":
-        return (0, 0), ""
-    if conv.padding == "same":
-        pads = []
-        for k, d in zip(conv.kernel_size, conv.dilation):
-            total = d * (k - 1)
-            if total % 2:
-                return None, "padding='same' with an even dilated kernel pads asymmetrically; the kernels pad symmetrically"
-            pads.append(total // 2)
-        return (pads[0], pads[1]), ""
-    return (int(conv.padding[0]), int(conv.padding[1])), ""
+        return f"padding_mode {conv.padding_mode!r} (the kernels pad with zeros only)"
+    return None
 
 
 def conv_unusable_reason(module: nn.Module) -> Optional[str]:
@@ -107,8 +98,8 @@ def conv_unusable_reason(module: nn.Module) -> Optional[str]:
     if reason:
         return reason
     if isinstance(module, nn.Conv2d):
-        padding, why = _zero_padding(module)
-        if padding is None:
+        why = _zero_padding_reason(module)
+        if why:
             return why
     return _tensors_unusable_reason(module)
 
@@ -125,10 +116,10 @@ class Conv2d(nn.Conv2d):
     pool: Optional[tuple] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        padding, why = _zero_padding(self)
-        if padding is None:
+        why = _zero_padding_reason(self)
+        if why:
             raise RuntimeError(f"replab_fast.nn.Conv2d: {why}")
-        return _conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+        return _conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                        self.activation, self.pool)  # (N, K, PH, PW)  # fmt: skip
 
     @classmethod

@@ -142,9 +142,9 @@ class TransformerBlock(reference.TransformerBlock):
 
 register_drop_in(
     reference.Attention, kernel=ATTENTION_KERNELS, build=Attention.from_reference,
-    check={"rope": kernel_unusable_reason, "attention": attention_unusable_reason},
+    check={"rope": kernel_unusable_reason, "attention": attention_unusable_reason}, interpreted_on_cpu=True,
 )  # fmt: skip
 register_drop_in(
     reference.TransformerBlock, kernel="fused_add_rms_norm", build=TransformerBlock.from_reference,
-    check=kernel_unusable_reason,
+    check=kernel_unusable_reason, interpreted_on_cpu=True,
 )  # fmt: skip

@@ -59,4 +59,5 @@ class RMSNorm(reference.RMSNorm):
         return f"{self.dim}, eps={self.eps}, kernel=replab_fast.ops.rms_norm"
 
 
-register_drop_in(reference.RMSNorm, kernel="rms_norm", build=RMSNorm.from_reference, check=kernel_unusable_reason)
+register_drop_in(reference.RMSNorm, kernel="rms_norm", build=RMSNorm.from_reference, check=kernel_unusable_reason,
+                 interpreted_on_cpu=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ import pytest
 import torch
 
 from replab_fast import _extension, ops
-from replab_fast.kernels.conv2d import activation_ref, conv2d, conv2d_ref, normalize_pool
+from replab_fast.kernels.conv2d import activation_ref, conv2d, conv2d_ref, normalize_pool, resolve_padding
 from replab_fast.testing import assert_parity, random_tensor
 
 CUDA_REASON = "needs a CUDA device (the extension's CUDA kernels); this machine has none"
@@ -100,10 +101,14 @@ def max_pool_routing(x, w, b, kwargs):
     kind, pool_kernel, pool_stride = normalize_pool(kwargs["pool"])
     if kind != "max":
         return None
+    stride, dilation = pair(kwargs["stride"]), pair(kwargs["dilation"])
+    padding, extra = resolve_padding(kwargs["padding"], w, stride, dilation)
     with torch.no_grad():
+        if extra is not None:  # "same" with an even kernel: the functional pads x first
+            x = torch.nn.functional.pad(x, (0, extra[1], 0, extra[0]))
         _, z = torch.ops.replab_fast.conv2d(
-            x, w, b, pair(kwargs["stride"]), pair(kwargs["padding"]), pair(kwargs["dilation"]), kwargs["groups"],
-            kwargs["activation"] or "none", kind, pool_kernel, pool_stride, True,
+            x, w, b, stride, padding, dilation, kwargs["groups"], kwargs["activation"] or "none", kind, pool_kernel,
+            pool_stride, True,
         )  # fmt: skip
         a = activation_ref(z.to(torch.promote_types(z.dtype, torch.float32)), kwargs["activation"])
         _, index = torch.nn.functional.max_pool2d(a, pool_kernel, pool_stride, return_indices=True)
@@ -407,6 +412,39 @@ def test_bad_python_arguments():
         ops.conv2d(x, w, pool=("min", 2, 2))
     with pytest.raises(ValueError, match="stride must be an int or a pair"):
         ops.conv2d(x, w, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match="padding must be an int, a pair, 'valid' or 'same', got 'full'"):
+        ops.conv2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        ops.conv2d(x, w, padding="same", stride=2)
+    with pytest.raises(ValueError, match="padding must be an int or a pair of ints, got \\(1.5, 1\\)"):
+        ops.conv2d(x, w, padding=(1.5, 1))
+
+
+@pytest.mark.parametrize("padding", [2**31 - 1, (0, 2**30)])
+def test_a_padding_too_large_to_index_names_the_padding(padding):
+    with pytest.raises(ValueError, match="padding .* makes the padded input .* pixels in (height|width).*at most"):
+        ops.conv2d(_x(1, 1, 4, 4), _x(1, 1, 3, 3), padding=padding)
+
+
+# (C, H, W, K, R, S, dilation, groups, activation, pool): odd and even kernels, so "same" pads
+# symmetrically and with torch's extra zero row / column at the bottom / right.
+PADDING_CASES = [
+    (3, 9, 8, 4, 3, 3, 1, 1, "relu", ("max", 2, 2)),
+    (2, 7, 10, 3, 4, 2, 1, 1, None, None),
+    (4, 8, 9, 4, 2, 3, (2, 1), 2, "tanh", ("avg", 2, 1)),
+]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("case", PADDING_CASES, ids=[f"pad{i}" for i in range(len(PADDING_CASES))])
+def test_string_padding_as_torch_takes_it(case, padding):
+    C, H, W, K, R, S, dilation, groups, activation, pool = case
+    case13 = (2, C, H, W, K, R, S, 1, padding, dilation, groups, activation, pool)
+    check_case(case13, torch.float64, "cpu", seed=40)
+    if padding == "same":  # the output keeps the input's size, as torch's F.conv2d
+        x, w, _, _ = make_inputs(case13, torch.float64, "cpu", 41)
+        y = ops.conv2d(x, w, padding="same", dilation=dilation, groups=groups)
+        assert y.shape[2:] == x.shape[2:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +455,27 @@ def test_stale_build_is_refused_with_the_build_command(monkeypatch):
     monkeypatch.setattr(_extension, "sources_hash", lambda _: 12345)
     with pytest.raises(ImportError, match="stale.*pip install --no-build-isolation -e \\."):
         _extension.load.__wrapped__()
+
+
+def test_a_build_for_another_torch_is_refused_before_it_is_loaded(monkeypatch):
+    monkeypatch.setattr(_extension, "build_info", lambda: {"torch": "2.11.0+cu128", "with_cuda": True})
+    imported = []
+    monkeypatch.setattr(_extension.importlib, "import_module", imported.append)
+    with pytest.raises(ImportError, match=f"built against torch 2.11.0\\+cu128, but this is torch {re.escape(torch.__version__)}.*"
+                       "pip install --no-build-isolation -e \\."):
+        _extension.load.__wrapped__()
+    assert not imported  # the library was never loaded (no symbol error)
+
+
+def test_a_build_without_its_record_is_refused(monkeypatch):
+    monkeypatch.setattr(_extension, "build_info", lambda: {})
+    with pytest.raises(ImportError, match="no build record.*Rebuild it against torch"):
+        _extension.load.__wrapped__()
+
+
+def test_the_build_records_the_torch_it_was_built_against():
+    info = _extension.build_info()
+    assert info["torch"] == torch.__version__ and info["sources_hash"] == _extension.load().SOURCES_HASH
 
 
 def test_missing_build_says_how_to_build(monkeypatch):

@@ -579,6 +579,15 @@ def test_forward_rejects_bad_tokens(tokens, match):
         model(tokens)
 
 
+def test_tokens_on_another_device_than_the_weights_are_refused():
+    """A meta model fed CPU tokens used to return wrong CPU logits silently."""
+    meta = replab_fast.create_model("llama-tiny", device="meta")
+    with pytest.raises(ValueError, match="tokens on cpu but its weights are on meta; put both on one device"):
+        meta(random_tokens((1, 4)))
+    with pytest.raises(ValueError, match="tokens on meta but its weights are on cpu"):
+        tiny_model()(random_tokens((1, 4)).to("meta"))
+
+
 def test_forward_accepts_int32_tokens():
     model = tiny_model()
     tokens = random_tokens((2, 6))

@@ -72,7 +72,7 @@ def test_accelerate_swaps_blocks_their_children_and_final_norm():
     model = tiny()
     params = [id(p) for p in model.parameters()]
     keys = list(model.state_dict())
-    assert replab_fast.accelerate(model) is model
+    assert replab_fast.accelerate(model, interpret=True) is model
     report = model.replab_report
     per_block = [("", ("fused_add_rms_norm",)), (".attention_norm", ("rms_norm",)),
                  (".attention", ("rope", "attention")), (".ffn_norm", ("rms_norm",))]  # fmt: skip
@@ -103,7 +103,7 @@ def test_rms_norm_drop_in_alone():
     assert "replab_fast.ops.rms_norm" in repr(fast)
     x = torch.randn(3, 7, 48)
     close("rms_norm", fast(x), ref(x.double()).float(), 2e-6)
-    swapped = replab_fast.accelerate(ref)  # the model itself is the reference module
+    swapped = replab_fast.accelerate(ref, interpret=True)  # the model itself is the reference module
     assert type(swapped) is fast_nn.RMSNorm and swapped.weight is ref.weight
     assert replab_fast.restore(swapped) is ref
 
@@ -117,7 +117,7 @@ def test_each_kernel_turns_off_on_its_own(flags):
     model = tiny()
     toks = tokens(T=6)
     expected = model(toks)
-    replab_fast.accelerate(model, **flags)
+    replab_fast.accelerate(model, **flags, interpret=True)
     on = lambda kernel: flags.get(kernel, True)  # noqa: E731
     for block in model.layers:
         assert (type(block) is fast_nn.TransformerBlock) == on("fused_add_rms_norm")
@@ -134,13 +134,29 @@ def test_each_kernel_turns_off_on_its_own(flags):
     assert not any(isinstance(m, FAST_CLASSES) for m in model.modules())
 
 
-def test_accelerate_twice_finds_nothing_left():
+def test_accelerate_twice_says_already_accelerated_and_changes_nothing():
     model = tiny()
-    replab_fast.accelerate(model)
-    replab_fast.accelerate(model)
-    assert not model.replab_report.entries
+    replab_fast.accelerate(model, interpret=True)
+    modules, report = list(model.modules()), model.replab_report
+    with pytest.warns(UserWarning, match="already accelerated.*restore"):
+        assert replab_fast.accelerate(model, interpret=True, rope=False) is model
+    assert list(model.modules()) == modules and model.replab_report is report
     replab_fast.restore(model)
     assert not any(isinstance(m, FAST_CLASSES) for m in model.modules())
+
+
+def test_on_a_cpu_a_plain_accelerate_swaps_no_interpreted_kernel():
+    """Off CUDA the Triton kernels only run through the interpreter: swapped only when asked."""
+    model = tiny()
+    assert replab_fast.accelerate(model) is model
+    assert not model.replab_report.swapped and not any(isinstance(m, FAST_CLASSES) for m in model.modules())
+    kept = model.replab_report.skipped
+    assert {e.reference for e in kept} == {"TransformerBlock", "RMSNorm", "Attention"}
+    for entry in kept:
+        assert "Triton kernels run on a CPU only through the interpreter (slow); pass interpret=True to check parity" in entry.reason
+    replab_fast.restore(model)
+    replab_fast.accelerate(model, interpret=True)  # nothing was swapped: a second call may swap
+    assert model.replab_report.kernels() == ["attention", "fused_add_rms_norm", "rms_norm", "rope"]
 
 
 def test_check_says_why_when_triton_is_missing(monkeypatch):
@@ -148,7 +164,7 @@ def test_check_says_why_when_triton_is_missing(monkeypatch):
 
     monkeypatch.setattr(nn_rms_norm, "_UNAVAILABLE", "Triton is not installed (pip install triton; Linux only)")
     model = tiny()
-    replab_fast.accelerate(model)
+    replab_fast.accelerate(model, interpret=True)
     assert not model.replab_report.swapped
     assert "fused_add_rms_norm: Triton is not installed" in str(model.replab_report)
     assert "rms_norm: Triton is not installed" in str(model.replab_report)
@@ -169,7 +185,7 @@ def test_rope_and_attention_are_used_as_enabled(monkeypatch):
         monkeypatch.setattr(ops, name, counting)
     for flags, expected in [(dict(), (2, 2)), (dict(rope=False), (0, 2)), (dict(attention=False), (2, 0))]:
         calls.update(rope=0, attention=0)
-        model = replab_fast.accelerate(tiny(), **flags)
+        model = replab_fast.accelerate(tiny(), **flags, interpret=True)
         model(tokens(T=4))
         assert (calls["rope"], calls["attention"]) == expected, flags  # one call per layer
         left_out = [e.reason for e in model.replab_report.swapped if e.path.endswith("attention")]
@@ -185,7 +201,7 @@ def test_attention_check_gives_its_reason():
     toks = tokens(T=5)
     with torch.no_grad():
         expected = model(toks % 32)
-    replab_fast.accelerate(model)
+    replab_fast.accelerate(model, interpret=True)
     entry = next(e for e in model.replab_report.swapped if e.path == "layers.0.attention")
     assert entry.kernels == ("rope",)
     assert entry.reason == "attention: head dim 8 unsupported (the attention kernels take 16 to 256)"
@@ -211,7 +227,7 @@ def test_attend_promotes_a_float32_cache_under_autocast():
 def test_meta_model_is_not_swapped():
     with torch.device("meta"):
         model = reference.Llama(reference.LlamaConfig.from_name("tiny"))
-    replab_fast.accelerate(model)
+    replab_fast.accelerate(model, interpret=True)
     assert not model.replab_report.swapped
     assert "is on meta" in str(model.replab_report)
 
@@ -227,7 +243,7 @@ def test_meta_model_is_not_swapped():
 @pytest.mark.parametrize("dtype,rel_logits,rel_grads", [(torch.float64, 1e-10, 1e-10), (torch.float32, 1e-5, 1e-5)])
 def test_swapped_model_matches_reference(dtype, rel_logits, rel_grads, T, device):
     ref = tiny(device, dtype)
-    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    fast = replab_fast.accelerate(copy.deepcopy(ref), interpret=True)
     toks = tokens(T=T, device=device)
     ref_logits, ref_grads = logits_and_grads(ref, toks)
     fast_logits, fast_grads = logits_and_grads(fast, toks)
@@ -242,7 +258,7 @@ def test_swapped_model_matches_reference(dtype, rel_logits, rel_grads, T, device
 
 def test_bfloat16_autocast_follows_the_2x_rule():
     ref = tiny()
-    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    fast = replab_fast.accelerate(copy.deepcopy(ref), interpret=True)
     toks = tokens()
     with torch.no_grad():
         exact = copy.deepcopy(ref).double()(toks)
@@ -260,7 +276,7 @@ def test_short_training_run_follows_the_reference():
     for which in ("reference", "fast"):
         model = tiny(seed=3, std=0.02)
         if which == "fast":
-            replab_fast.accelerate(model)
+            replab_fast.accelerate(model, interpret=True)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         toks = tokens(B=2, T=16, seed=4)
         curve = []
@@ -279,7 +295,7 @@ def test_short_training_run_follows_the_reference():
 @pytest.mark.parametrize("device", DEVICES)
 def test_kv_cache_generation_matches_reference(device):
     ref = tiny(device)
-    fast = replab_fast.accelerate(copy.deepcopy(ref))
+    fast = replab_fast.accelerate(copy.deepcopy(ref), interpret=True)
     prompt = tokens(B=2, T=5, device=device, seed=5)
     expected = ref.generate(prompt, 6)
     assert torch.equal(fast.generate(prompt, 6), expected)
@@ -301,7 +317,7 @@ def test_accelerate_restore_round_trip_with_training_and_decoding():
     originals = {p: m for p, m in model.named_modules() if p}
     toks = tokens()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    replab_fast.accelerate(model)
+    replab_fast.accelerate(model, interpret=True)
     spec = replab_fast.get_spec("llama-tiny")
     spec.loss(model, (toks,), toks).backward()
     optimizer.step()  # built before the swap: trains the same tensors

@@ -1,0 +1,7 @@
+"""`python -m replab_fast`: the `replab-fast` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
