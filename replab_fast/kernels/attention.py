@@ -5,30 +5,46 @@ Math (Dao 2023, "FlashAttention-2"; the reference is ``attention_ref`` in
 
     s_ij = scale * <q_i, k_j>                         fp32 (fp64 for fp64 inputs)
     causal: s_ij = -inf for j > i + (S - T)           mask aligned to the end of the keys
-    lse_i = log sum_j exp(s_ij)                       online: running max m_i and sum l_i
-    o_i   = sum_j exp(s_ij - lse_i) v_j               returned in q's dtype
+    lse_i = log2 sum_j exp(s_ij)                      base 2 (below); online: running max m_i, sum l_i
+    p_ij  = exp2(s_ij log2(e) - lse_i)                = softmax_j(s_ij)
+    o_i   = sum_j p_ij v_j                            returned in q's dtype
 
 Backward (FlashAttention-2's recomputation; P is rebuilt from q, k and the saved lse):
 
     delta_i = <do_i, o_i>                             (preprocess kernel)
-    p_ij = exp(s_ij - lse_i);  dp_ij = <do_i, v_j>;  ds_ij = p_ij (dp_ij - delta_i)
+    p_ij as above;  dp_ij = <do_i, v_j>;  ds_ij = p_ij (dp_ij - delta_i)
     dv_j = sum_i p_ij do_i;  dk_j = scale sum_i ds_ij q_i;  dq_i = scale sum_j ds_ij k_j
+
+The logsumexp is kept in base 2, the kernels' exponent domain: they run on x_ij = s_ij log2(e)
+(log2(e) folded into ``qk_scale``) with exp2 and log2; the forward saves lse_i = m_i + log2(l_i)
+(m_i the running max of x_ij, l_i the sum of exp2(x_ij - m_i)) and the backward rebuilds
+p_ij = exp2(x_ij - lse_i) from the same x_ij, with no change of base in between. (A natural-log
+lse, (m_i + log2 l_i) ln 2 and back times log2(e), put ~2^-24 |lse| into every exponent: at
+|lse| ~ 100, gradients several times less accurate than the float32 reference's.) With one key
+lse_i = m_i = x_ij exactly, and p_ij = 1. For fp32 inputs the saved lse is fp64, m_i + log2(l_i)
+unrounded, which the backward splits into two fp32 numbers (``_lse_parts``): rounded to fp32 it
+would still be off by up to 2^-24 |lse|, one more such error. fp64 inputs compute in the
+natural domain (exp, log and the plain scale: compiled, Triton passes a float argument as fp32,
+exact for a scale such as 1/sqrt(16) but not once log2(e) is folded in) and convert their lse
+to base 2 and back in fp64. ``_saved_lse``, ``_lse_parts`` and ``_probs`` are the only places
+that know the domains.
 
 dk and dv of a KV head are reduced over the Hq / Hk query heads of its group inside one program
 (it loops over the group's heads and the query blocks), so no atomics and no repeated K/V.
 
 Layout: q (B, T, Hq, D), k and v (B, S, Hk, D), read through their strides (a transposed
 (B, H, T, D) storage or a slice of a fused projection is read in place); only a strided last
-dimension is copied first. Outputs are contiguous (B, T, Hq, D); lse is (B, Hq, T), fp32
-(fp64 for fp64 inputs), natural log. Any T and S (masked blocks), head dims 16 to 256, including
-ones that are not powers of two (the head is padded to a power of two in registers, masked in
-memory). The exponentials run as exp2 with log2(e) folded into the scale (fp64: exp).
+dimension is copied first. Outputs are contiguous (B, T, Hq, D); lse is (B, Hq, T), base 2
+(log2 sum_j exp(s_ij); the natural logsumexp is lse * ln 2), fp64 for fp32 and fp64 inputs,
+fp32 for fp16 / bf16. Any T and S (masked blocks), head dims 16 to 256, including ones that are
+not powers of two (the head is padded to a power of two in registers, masked in memory).
 
 Precision: fp16 / bf16 products accumulate in fp32; P (and dS) are rounded to the input dtype
 before their matrix products, as FlashAttention does. fp32 inputs: compiled, the products run as
 3xTF32 on the tensor cores (each operand split into a TF32 high part and a TF32 remainder:
-about fp32 accuracy, ~1e-6 relative, where plain TF32 gives ~1e-3); interpreted, in fp32. fp64
-inputs compute in fp64 (for gradcheck). fp32 and fp64 are the accurate paths, not the fast ones.
+about fp32 accuracy, ~1e-6 relative, where plain TF32 gives ~1e-3); interpreted, as exact
+products summed in fp64 and rounded to fp32 (``_dot``). fp64 inputs compute in fp64 (for
+gradcheck). fp32 and fp64 are the accurate paths, not the fast ones.
 
 Decoding (flash-decoding): when the T queries of a KV group are few (T * Hq / Hk <= 64 rows),
 one program takes every query row of a KV head (the group's heads times the T tokens, stacked
@@ -36,7 +52,8 @@ as the rows of one tile: K/V are read once per group, and the tile is big enough
 cores) and a slice of the keys; the slices' partial outputs and logsumexps are combined by a
 second kernel. The number of slices is chosen so that B * Hk * slices fills the GPU (one token
 at cache length 32k splits into ~2 programs per SM). Its lse is the same, so the same backward
-applies.
+applies. The slices' logsumexps and their combination are base 2 as well (-inf: a slice with
+no key for that row).
 
 Performance plan (H100/H200; GPU verification pending, see bench/test_attention.py). FLOPs are
 the floor at long T (4 B H T S D forward, halved when causal; 2.5x that backward): the matrix
@@ -91,8 +108,9 @@ __all__ = [
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 DECODE_MAX_ROWS = 64  # T * Hq / Hk up to this: the flash-decoding path
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = 1.4426950408889634  # log2(e): folded into the fp32 kernels' qk_scale (host side)
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2): fp64's lse conversions, in the kernels
+# (a kernel reads a module-level global only if it is a tl.constexpr, compiled and interpreted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,8 +123,16 @@ def _dot(a, b, INTERPRETED: tl.constexpr):
     """``tl.dot(a, b)`` accumulating in fp32 (fp64 for fp64). float32 operands run as 3xTF32 on the
     tensor cores (about fp32 accuracy; plain TF32 would give ~1e-3), float64 as IEEE fp64.
     Triton's interpreter (3.6, 3.9) multiplies bfloat16 operands as their raw uint16 bits, so
-    there they are upcast to fp32 first (exact: a product of two bf16 values fits in fp32)."""
+    there they are upcast to fp32 first (exact: a product of two bf16 values fits in fp32).
+    Interpreted float32 operands are multiplied in fp64 and the result rounded once to fp32:
+    numpy's float32 matmul (BLAS) rounds an element differently with the operands' shapes and
+    memory layout (a transposed view, a 16-row tile), so the backward's recomputed scores
+    (k q^T, other tiles) would differ from the forward's q k^T by an ulp, an error of ~2^-24 |s|
+    in the exponent of P at large logits (a single key's P, exactly 1, came out ~350 ulp off).
+    Exact products summed in fp64 round to the same fp32 score in every layout."""
     if INTERPRETED:
+        if a.dtype == tl.float32:
+            return tl.dot(a.to(tl.float64), b.to(tl.float64), input_precision="ieee").to(tl.float32)
         if a.dtype == tl.bfloat16:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -116,6 +142,50 @@ def _dot(a, b, INTERPRETED: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@device_function
+def _saved_lse(m_i, l_i, LSE_DTYPE: tl.constexpr, IS_FP64: tl.constexpr):
+    """The logsumexp the kernels save, base 2 (log2 sum_j exp(s_ij)), from a row's running max m_i
+    and sum l_i > 0 in the exponent domain; LSE_DTYPE is the saved dtype. fp32 compute:
+    m_i + log2(l_i), exactly m_i when l_i = 1 (one key), the sum left unrounded (in fp64) when it
+    is saved in fp64 (fp32 inputs, see _lse_parts). fp64 runs in the natural domain:
+    (m_i + log(l_i)) / ln 2, in fp64."""
+    if IS_FP64:
+        return (m_i + tl.log(l_i)) / tl.full([], LN2, tl.float64)
+    elif LSE_DTYPE == tl.float64:
+        return m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64)
+    else:
+        return m_i + tl.log2(l_i)
+
+
+@device_function
+def _lse_parts(lse, IS_FP64: tl.constexpr):
+    """A saved lse row vector as (hi, lo), lse = hi + lo, in the compute dtype. fp32 inputs save it
+    in fp64, split here into two fp32 numbers: one fp32 number would be off by up to 2^-24 |lse|,
+    an error in every exponent of its row (the whole row of P ~2^-24 |lse| too large or too
+    small), where in (x - hi) - lo the first difference is exact near the row's max and only the
+    small lo is rounded. 16-bit inputs (their P is rounded to 16 bits anyway) save it in fp32, and
+    fp64 computes in fp64: lo = 0."""
+    if IS_FP64:
+        return lse, tl.full(lse.shape, 0.0, tl.float64)
+    elif lse.dtype == tl.float64:
+        hi = lse.to(tl.float32)
+        return hi, (lse - hi.to(tl.float64)).to(tl.float32)
+    else:
+        return lse, tl.full(lse.shape, 0.0, tl.float32)
+
+
+@device_function
+def _probs(x, lse_hi, lse_lo, IS_FP64: tl.constexpr):
+    """The softmax probabilities exp(s - lse ln 2) from x, the scores in the exponent domain
+    (``qk * qk_scale``, as the forward computed them), and the saved base-2 lse as
+    ``_lse_parts`` splits it (broadcast to x). fp32: exp2((x - hi) - lo), the forward's own
+    exponent; fp64: exp(x - lse ln 2), in fp64 (lo = 0)."""
+    if IS_FP64:
+        return tl.exp(x - lse_hi * tl.full([], LN2, tl.float64))
+    else:
+        return tl.exp2((x - lse_hi) - lse_lo)
 
 
 @device_function
@@ -212,7 +282,7 @@ def _attention_fwd_kernel(
     v_stride_s,  # elements between values
     v_stride_h,  # elements between heads of v
     o_ptr,  # (B, T, Hq, D) output, contiguous, q's dtype
-    lse_ptr,  # (B, Hq, T) logsumexp of each row's scaled scores (natural log), contiguous
+    lse_ptr,  # (B, Hq, T) logsumexp of each row's scaled scores (base 2), contiguous
     seq_q,  # T
     seq_k,  # S
     n_q_heads,  # Hq
@@ -269,10 +339,7 @@ def _attention_fwd_kernel(
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    if IS_FP64:
-        lse = m_i + tl.log(l_safe)
-    else:
-        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # to the natural log
+    lse = _saved_lse(m_i, l_safe, lse_ptr.dtype.element_ty, IS_FP64)
     o_ptrs = o_ptr + ((b * seq_q + rows.to(tl.int64)[:, None]) * n_q_heads + h64) * HEAD_DIM + d[None, :]
     tl.store(o_ptrs, cast_for_store(out, o_ptr.dtype.element_ty, INTERPRETED), mask=row_mask[:, None] & d_mask[None, :])
     tl.store(lse_ptr + (b * n_q_heads + h64) * seq_q + rows, lse.to(lse_ptr.dtype.element_ty), mask=row_mask)
@@ -293,7 +360,7 @@ def _attention_decode_kernel(
     v_stride_s,  # elements between values
     v_stride_h,  # elements between heads of v
     part_o_ptr,  # (B * Hk, n_splits, BLOCK_M, BLOCK_D) fp32/fp64: each slice's normalized output
-    part_lse_ptr,  # (B * Hk, n_splits, BLOCK_M) each slice's logsumexp (natural log; -inf: no key)
+    part_lse_ptr,  # (B * Hk, n_splits, BLOCK_M) each slice's logsumexp (base 2; -inf: no key)
     seq_q,  # T
     seq_k,  # S
     n_kv_heads,  # Hk
@@ -337,10 +404,7 @@ def _attention_decode_kernel(
     )  # fmt: skip
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    if IS_FP64:
-        lse = m_i + tl.log(l_safe)
-    else:
-        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
+    lse = _saved_lse(m_i, l_safe, part_lse_ptr.dtype.element_ty, IS_FP64)
     lse = tl.where(l_i == 0.0, float("-inf"), lse)  # a slice with no key for this row
     part = pid_bhk.to(tl.int64) * n_splits + pid_split
     tl.store(part_o_ptr + (part * BLOCK_M + r[:, None]) * BLOCK_D + d[None, :], out)
@@ -349,10 +413,10 @@ def _attention_decode_kernel(
 
 @triton.jit
 def _attention_decode_combine_kernel(
-    part_o_ptr,  # (B * Hk, n_splits, BLOCK_M, BLOCK_D) the slices' normalized outputs
-    part_lse_ptr,  # (B * Hk, n_splits, BLOCK_M) the slices' logsumexps (-inf: no key in the slice)
+    part_o_ptr,  # (B * Hk, n_splits, BLOCK_M, BLOCK_D) the slices' normalized outputs, compute dtype
+    part_lse_ptr,  # (B * Hk, n_splits, BLOCK_M) the slices' logsumexps (base 2; -inf: no key in a slice)
     o_ptr,  # (B, T, Hq, D) output, contiguous, q's dtype
-    lse_ptr,  # (B, Hq, T) logsumexp (natural log), contiguous
+    lse_ptr,  # (B, Hq, T) logsumexp (base 2), contiguous, part_lse's dtype
     seq_q,  # T
     n_kv_heads,  # Hk
     group,  # Hq // Hk
@@ -363,8 +427,10 @@ def _attention_decode_combine_kernel(
     IS_FP64: tl.constexpr,  # fp64 partials, else fp32
     INTERPRETED: tl.constexpr,  # running under Triton's interpreter
 ):
-    """Flash-decoding, step 2: o = sum_s exp(lse_s - lse) o_s with lse = log sum_s exp(lse_s)."""
+    """Flash-decoding, step 2: o = sum_s exp2(lse_s - lse) o_s with lse = log2 sum_s exp2(lse_s)
+    (base 2, as the slices' lse_s, for every dtype)."""
     cdt = tl.float64 if IS_FP64 else tl.float32
+    ldt = part_lse_ptr.dtype.element_ty  # the saved lse's dtype (fp64 for fp32 inputs, see _lse_parts)
     pid_bhk = tl.program_id(0)
     b = (pid_bhk // n_kv_heads).to(tl.int64)
     hk = (pid_bhk % n_kv_heads).to(tl.int64)
@@ -372,26 +438,26 @@ def _attention_decode_combine_kernel(
     d = tl.arange(0, BLOCK_D)
     base = pid_bhk.to(tl.int64) * n_splits
     # Pass 1: the largest slice lse of each row (every row has a key in at least one slice).
-    m = tl.full([BLOCK_M], float("-inf"), dtype=cdt)
+    m = tl.full([BLOCK_M], float("-inf"), dtype=ldt)
     s = 0
     while s < n_splits:
         m = tl.maximum(m, tl.load(part_lse_ptr + (base + s) * BLOCK_M + r))
         s += 1
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    # Pass 2: weights exp(lse_s - m), the weighted sum of the slices' outputs.
+    # Pass 2: weights exp2(lse_s - m), the weighted sum of the slices' outputs.
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=cdt)
     wsum = tl.full([BLOCK_M], 0.0, dtype=cdt)
     s = 0
     while s < n_splits:
         lse_s = tl.load(part_lse_ptr + (base + s) * BLOCK_M + r)
-        w = tl.exp(lse_s - m_safe)
+        w = tl.exp2(lse_s - m_safe).to(cdt)
         o_s = tl.load(part_o_ptr + ((base + s) * BLOCK_M + r[:, None]) * BLOCK_D + d[None, :])
         acc += w[:, None] * o_s
         wsum += w
         s += 1
     w_safe = tl.where(wsum == 0.0, 1.0, wsum)
     out = acc / w_safe[:, None]
-    lse = m_safe + tl.log(w_safe)
+    lse = m_safe + tl.log2(w_safe).to(ldt)
     t = (r // group).to(tl.int64)
     h = hk * group + (r % group)
     n_q_heads = n_kv_heads * group
@@ -445,7 +511,7 @@ def _dkdv_step(
     do_base,  # pointer to row 0 of do for this (sequence, query head)
     q_stride_t,  # elements between tokens of q
     do_stride_t,  # elements between tokens of do
-    lse_row,  # pointer to lse[b, h, 0]
+    lse_row,  # pointer to lse[b, h, 0] (base 2)
     delta_row,  # pointer to delta[b, h, 0]
     start_m,  # first query of this block
     n,  # (BLOCK_N,) key indices
@@ -468,16 +534,13 @@ def _dkdv_step(
     qd_mask = m_mask[:, None] & d_mask[None, :]
     q = tl.load(q_base + m64[:, None] * q_stride_t + d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(do_base + m64[:, None] * do_stride_t + d[None, :], mask=qd_mask, other=0.0)
-    lse = tl.load(lse_row + m, mask=m_mask, other=0.0).to(cdt)
+    lse_hi, lse_lo = _lse_parts(tl.load(lse_row + m, mask=m_mask, other=0.0), IS_FP64)
     delta = tl.load(delta_row + m, mask=m_mask, other=0.0).to(cdt)
     kq = _dot(k, tl.trans(q), INTERPRETED)  # (BLOCK_N, BLOCK_M): s^T / scale
     allowed = n_mask[:, None] & m_mask[None, :]
     if CAUSAL:
         allowed = allowed & (n[:, None] <= m[None, :] + causal_offset)
-    if IS_FP64:
-        p_t = tl.exp(kq.to(cdt) * qk_scale - lse[None, :])
-    else:
-        p_t = tl.exp2(kq * qk_scale - lse[None, :] * 1.4426950408889634)
+    p_t = _probs(kq * qk_scale, lse_hi[None, :], lse_lo[None, :], IS_FP64)  # x as the forward computed it
     p_t = tl.where(allowed, p_t, 0.0)  # (BLOCK_N, BLOCK_M)
     dv += _dot(cast_for_store(p_t, do.dtype, INTERPRETED), do, INTERPRETED).to(cdt)
     dp_t = _dot(v, tl.trans(do), INTERPRETED).to(cdt)  # (BLOCK_N, BLOCK_M)
@@ -491,7 +554,8 @@ def _dq_step(
     dq,  # (BLOCK_M, BLOCK_D) running dq / scale, compute dtype
     q,  # (BLOCK_M, BLOCK_D) this program's queries
     do,  # (BLOCK_M, BLOCK_D) their output gradients
-    lse,  # (BLOCK_M,) their lse (natural log), compute dtype
+    lse_hi,  # (BLOCK_M,) their lse (base 2) = lse_hi + lse_lo, as _lse_parts splits it, compute dtype
+    lse_lo,  # (BLOCK_M,) the low part (0 unless the lse was saved in fp64 for fp32 inputs)
     delta,  # (BLOCK_M,) their delta, compute dtype
     k_base,  # pointer to key 0 of this (sequence, KV head)
     v_base,  # pointer to value 0 of this (sequence, KV head)
@@ -521,10 +585,7 @@ def _dq_step(
     allowed = m_mask[:, None] & (n < seq_k)[None, :]
     if CAUSAL:
         allowed = allowed & (n[None, :] <= m[:, None] + causal_offset)
-    if IS_FP64:
-        p = tl.exp(qk.to(cdt) * qk_scale - lse[:, None])
-    else:
-        p = tl.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
+    p = _probs(qk * qk_scale, lse_hi[:, None], lse_lo[:, None], IS_FP64)
     p = tl.where(allowed, p, 0.0)
     dp = _dot(do, tl.trans(v), INTERPRETED).to(cdt)
     ds = p * (dp - delta[:, None])
@@ -550,7 +611,7 @@ def _attention_bwd_dkdv_kernel(
     do_stride_b,  # elements between sequences of do
     do_stride_t,  # elements between tokens of do
     do_stride_h,  # elements between heads of do
-    lse_ptr,  # (B, Hq, T) forward logsumexp (natural log)
+    lse_ptr,  # (B, Hq, T) forward logsumexp (base 2)
     delta_ptr,  # (B, Hq, T) rowsum(do * o)
     dk_ptr,  # (B, S, Hk, D) output, contiguous, k's dtype
     dv_ptr,  # (B, S, Hk, D) output, contiguous, v's dtype
@@ -640,7 +701,7 @@ def _attention_bwd_dq_kernel(
     do_stride_b,  # elements between sequences of do
     do_stride_t,  # elements between tokens of do
     do_stride_h,  # elements between heads of do
-    lse_ptr,  # (B, Hq, T) forward logsumexp (natural log)
+    lse_ptr,  # (B, Hq, T) forward logsumexp (base 2)
     delta_ptr,  # (B, Hq, T) rowsum(do * o)
     dq_ptr,  # (B, T, Hq, D) output, contiguous, q's dtype
     seq_q,  # T
@@ -680,7 +741,7 @@ def _attention_bwd_dq_kernel(
         do_ptr + b * do_stride_b + h64 * do_stride_h + m64[:, None] * do_stride_t + d[None, :], mask=qd_mask, other=0.0
     )
     stats_base = (b * n_q_heads + h64) * seq_q
-    lse = tl.load(lse_ptr + stats_base + m, mask=m_mask, other=0.0).to(cdt)
+    lse_hi, lse_lo = _lse_parts(tl.load(lse_ptr + stats_base + m, mask=m_mask, other=0.0), IS_FP64)
     delta = tl.load(delta_ptr + stats_base + m, mask=m_mask, other=0.0).to(cdt)
     k_base = k_ptr + b * k_stride_b + hk * k_stride_h
     v_base = v_ptr + b * v_stride_b + hk * v_stride_h
@@ -694,15 +755,15 @@ def _attention_bwd_dq_kernel(
         start_n = 0
         while start_n < hi:
             dq = _dq_step(
-                dq, q, do, lse, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d, d_mask,
-                seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
+                dq, q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d,
+                d_mask, seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
             )  # fmt: skip
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             dq = _dq_step(
-                dq, q, do, lse, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d, d_mask,
-                seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
+                dq, q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d,
+                d_mask, seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
             )  # fmt: skip
     dq = dq * sm_scale
     out_offs = ((b * seq_q + m64[:, None]) * n_q_heads + h64) * HEAD_DIM + d[None, :]
@@ -801,8 +862,15 @@ def _common(q: Tensor, scale: float) -> dict:
     )
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' compute dtype for inputs of ``dtype`` (also delta's and the decode partials')."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The saved lse's dtype: fp64 for fp32 (and fp64) inputs, whose backward needs it to better
+    than fp32 precision (``_lse_parts``); fp32 for fp16 / bf16, whose P is rounded to 16 bits."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def _num_splits(S: int, BHk: int, block_n: int, device: torch.device) -> int:
@@ -817,13 +885,18 @@ def attention_forward(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = True, scale: Optional[float] = None, *,
     config: Optional[AttentionConfig] = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Attention of q (B, T, Hq, D) over k, v (B, S, Hk, D); returns (o (B, T, Hq, D), lse (B, Hq, T))."""
+    """Attention of q (B, T, Hq, D) over k, v (B, S, Hk, D); returns (o (B, T, Hq, D), lse (B, Hq, T)).
+
+    lse is the base-2 logsumexp of each row's scaled scores, log2 sum_j exp(s_ij) (the natural one
+    is lse * ln 2), fp64 for fp32 and fp64 inputs, fp32 for fp16 / bf16: what ``attention_backward``
+    takes back.
+    """
     device = _check_args("attention", q, k, v, causal)
     B, T, Hq, D = q.shape
     S, Hk = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     out = q.new_empty((B, T, Hq, D))
-    lse = torch.empty((B, Hq, T), dtype=_stats_dtype(q.dtype), device=q.device)
+    lse = torch.empty((B, Hq, T), dtype=_lse_dtype(q.dtype), device=q.device)
     if out.numel() == 0:
         return out, lse
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
@@ -839,7 +912,7 @@ def attention_forward(
         n_splits = cfg.num_splits or _num_splits(S, B * Hk, cfg.decode_block_n, device)
         split_len = cdiv(cdiv(S, n_splits), cfg.decode_block_n) * cfg.decode_block_n
         n_splits = cdiv(S, split_len)
-        part_o = torch.empty((B * Hk, n_splits, block_m, block_d), dtype=lse.dtype, device=q.device)
+        part_o = torch.empty((B * Hk, n_splits, block_m, block_d), dtype=_compute_dtype(q.dtype), device=q.device)
         part_lse = torch.empty((B * Hk, n_splits, block_m), dtype=lse.dtype, device=q.device)
         launch(
             _attention_decode_kernel, (n_splits, B * Hk), device, *strides, part_o, part_lse,
@@ -867,10 +940,11 @@ def attention_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool = True,
     scale: Optional[float] = None, grad_lse: Optional[Tensor] = None, *, config: Optional[AttentionConfig] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """dq, dk, dv (contiguous, the inputs' dtype) from the output gradient and the forward's out and lse.
+    """dq, dk, dv (contiguous, the inputs' dtype) from the output gradient and the forward's out and lse
+    (``attention_forward``'s base-2 lse, used as it is: P is rebuilt as exp2(s log2(e) - lse)).
 
-    ``grad_lse`` (B, Hq, T), the gradient reaching lse, if any: d lse_i / d s_ij = p_ij, so it
-    enters as ds_ij = p_ij (dp_ij - (delta_i - grad_lse_i)).
+    ``grad_lse`` (B, Hq, T), the gradient reaching that base-2 lse, if any: d lse_i / d s_ij =
+    log2(e) p_ij, so it enters as ds_ij = p_ij (dp_ij - (delta_i - log2(e) grad_lse_i)).
     """
     device = _check_args("attention_backward", q, k, v, causal)
     B, T, Hq, D = q.shape
@@ -894,14 +968,14 @@ def attention_backward(
     interp = runs_interpreted(device)
     common = _common(q, scale)
     block_d = max(16, next_power_of_2(D))
-    delta = torch.empty((B, Hq, T), dtype=lse.dtype, device=q.device)
+    delta = torch.empty((B, Hq, T), dtype=_compute_dtype(q.dtype), device=q.device)
     launch(
         _attention_bwd_preprocess_kernel, (cdiv(T, cfg.bwd_block_n), B * Hq), device, out, grad_out,
         *grad_out.stride()[:3], delta, T, Hq, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=cfg.bwd_block_n,
         IS_FP64=common["IS_FP64"], num_warps=4,
     )  # fmt: skip
     if grad_lse is not None:
-        delta = delta - grad_lse.to(delta.dtype)
+        delta = delta - grad_lse.to(delta.dtype) * LOG2E
     inputs = (q, *q.stride()[:3], k, *k.stride()[:3], v, *v.stride()[:3], grad_out, *grad_out.stride()[:3], lse, delta)
     consts = dict(
         HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), IS_FP64=common["IS_FP64"], INTERPRETED=interp,
@@ -924,13 +998,17 @@ def attention_backward(
 
 
 def _attention_impl(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """replab_fast::attention: (out (B, T, Hq, D), lse (B, Hq, T)), lse the base-2 logsumexp
+    log2 sum_j exp(s_ij) as ``attention_forward`` returns it; both outputs are differentiable."""
     return attention_forward(q, k, v, causal, scale)
 
 
 def _attention_fake(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """The outputs' metadata: out like q; lse (B, Hq, T), base 2, in ``_lse_dtype`` (fp64 for fp32
+    and fp64 inputs, fp32 for fp16 / bf16)."""
     _check_args("attention", q, k, v, causal)
     B, T, Hq, D = q.shape
-    return q.new_empty((B, T, Hq, D)), q.new_empty((B, Hq, T), dtype=_stats_dtype(q.dtype))
+    return q.new_empty((B, T, Hq, D)), q.new_empty((B, Hq, T), dtype=_lse_dtype(q.dtype))
 
 
 def _attention_backward_impl(
@@ -963,6 +1041,7 @@ def _setup_attention(ctx, inputs, output) -> None:
 
 
 def _backward_attention(ctx, grad_out, grad_lse):
+    """grad_lse is the gradient of the base-2 lse output; attention_backward applies its log2(e)."""
     if grad_out is None and grad_lse is None:
         return None, None, None, None, None
     q, k, v, out, lse = ctx.saved_tensors
