@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, ModelSpec, OverfitRecipe, register_model
+from .registry import Batch, Family, OverfitRecipe
 
 PAPER_PARAM_COUNT = 60_965_224  # exact count of this code at 1000 classes (paper: "60 million")
 
@@ -286,37 +286,17 @@ def loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor
     return F.cross_entropy(model(*inputs), target)
 
 
-_PAPER = "Krizhevsky, Sutskever & Hinton 2012"
+FAMILY = Family("alexnet", "Krizhevsky, Sutskever & Hinton 2012", AlexNetConfig, AlexNet, make_batch, loss)
 
-register_model(
-    ModelSpec(
-        name="alexnet",
-        family="alexnet",
-        paper=_PAPER,
-        config_cls=AlexNetConfig,
-        preset="alexnet",
-        model_cls=AlexNet,
-        make_batch=make_batch,
-        loss=loss,
+SPECS = (
+    FAMILY.preset(
+        "alexnet", "alexnet", "AlexNet, 227x227 ImageNet, 1000 classes, two-GPU groups, LRN (61.0M params)",
         paper_param_count=PAPER_PARAM_COUNT,
-        description="AlexNet, 227x227 ImageNet, 1000 classes, two-GPU groups, LRN (61.0M params)",
         overfit=None,  # 61M parameters; alexnet-10class's recipe runs the very same layers
-    )
-)
-
-register_model(
-    ModelSpec(
-        name="alexnet-10class",
-        family="alexnet",
-        paper=_PAPER,
-        config_cls=AlexNetConfig,
-        preset="alexnet-10class",
-        model_cls=AlexNet,
-        make_batch=make_batch,
-        loss=loss,
-        paper_param_count=None,
+    ),
+    FAMILY.preset(
+        "alexnet-10class", "alexnet-10class", "AlexNet at 227x227 with a 10-class head (CPU demo preset, 56.9M params)",
         demo=True,
-        description="AlexNet at 227x227 with a 10-class head (CPU demo preset, 56.9M params)",
         # Dropout off so one batch can be memorized; image_size 67 (the smallest that fits every
         # window: the same layers on 15x15 conv1 maps, FC6 in = 256) makes a step ~10x cheaper.
         # With the paper's init the network starts nearly constant in its input and needs ~30 steps
@@ -324,5 +304,5 @@ register_model(
         overfit=OverfitRecipe(
             batch_size=2, steps=40, lr=1e-4, below=0.1, overrides=(("dropout", 0.0), ("image_size", 67))
         ),
-    )
-)
+    ),
+)  # fmt: skip

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, ModelSpec, OverfitRecipe, register_model
+from .registry import Batch, Family, OverfitRecipe
 
 _ACTIVATIONS = ("logistic", "identity")
 
@@ -362,57 +362,28 @@ def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tenso
 
 
 _PAPER = "Hinton & Salakhutdinov 2006"
+MLP_FAMILY = Family("autoencoder", _PAPER, AutoencoderConfig, MLPAutoencoder, _make_mlp_batch, _loss)
+CONV_FAMILY = Family("conv-autoencoder", _PAPER, ConvAutoencoderConfig, ConvAutoencoder, _make_conv_batch, _loss)
 
-
-def _register_mlp(name: str, preset: str, description: str, overfit: OverfitRecipe, demo: bool = False) -> None:
-    register_model(ModelSpec(
-        name=name,
-        family="autoencoder",
-        paper=_PAPER,
-        config_cls=AutoencoderConfig,
-        preset=preset,
-        model_cls=MLPAutoencoder,
-        make_batch=_make_mlp_batch,
-        loss=_loss,
-        paper_param_count=None,
-        demo=demo,
-        description=description,
-        overfit=overfit,
-    ))  # fmt: skip
-
-
-_register_mlp(
-    "autoencoder-deep",
-    "deep",
-    "the paper's MNIST autoencoder 784-1000-500-250-30 (mirrored decoder), logistic units, cross-entropy",
-    OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
-    demo=True,
-)
-_register_mlp(
-    "autoencoder-2d",
-    "2d",
-    "the paper's 784-1000-500-250-2 autoencoder (2-D codes of MNIST, Fig. 3B)",
-    OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
-)
-_register_mlp(
-    "autoencoder-linear",
-    "linear",
-    "linear autoencoder 1024 -> 2 -> 1024 with squared error: learns the top-2 PCA subspace",
-    # 3 points always lie on an affine plane, so a rank-2 affine map can reconstruct them exactly.
-    OverfitRecipe(batch_size=3, steps=60, lr=3e-2, below=0.1),
-)
-
-register_model(ModelSpec(
-    name="autoencoder-conv",
-    family="conv-autoencoder",
-    paper=_PAPER,
-    config_cls=ConvAutoencoderConfig,
-    preset="conv",
-    model_cls=ConvAutoencoder,
-    make_batch=_make_conv_batch,
-    loss=_loss,
-    paper_param_count=None,
-    demo=True,
-    description="convolutional autoencoder 1x28x28: stride-2 convs, 16-unit linear code, transposed convs",
-    overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
-))  # fmt: skip
+SPECS = (
+    MLP_FAMILY.preset(
+        "autoencoder-deep", "deep",
+        "the paper's MNIST autoencoder 784-1000-500-250-30 (mirrored decoder), logistic units, cross-entropy",
+        demo=True, overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
+    ),
+    MLP_FAMILY.preset(
+        "autoencoder-2d", "2d", "the paper's 784-1000-500-250-2 autoencoder (2-D codes of MNIST, Fig. 3B)",
+        overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
+    ),
+    MLP_FAMILY.preset(
+        "autoencoder-linear", "linear",
+        "linear autoencoder 1024 -> 2 -> 1024 with squared error: learns the top-2 PCA subspace",
+        # 3 points always lie on an affine plane, so a rank-2 affine map can reconstruct them exactly.
+        overfit=OverfitRecipe(batch_size=3, steps=60, lr=3e-2, below=0.1),
+    ),
+    CONV_FAMILY.preset(
+        "autoencoder-conv", "conv",
+        "convolutional autoencoder 1x28x28: stride-2 convs, 16-unit linear code, transposed convs",
+        demo=True, overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
+    ),
+)  # fmt: skip

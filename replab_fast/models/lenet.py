@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, ModelSpec, OverfitRecipe, register_model
+from .registry import Batch, Family, OverfitRecipe
 
 # Table I of the paper: row i = S2 feature map, column j = C3 feature map; "X" = connected.
 # Columns 0-5 take contiguous triples of S2 maps, 6-11 contiguous quadruples, 12-14
@@ -467,33 +467,16 @@ def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tenso
     return model.loss(model(*inputs), target)
 
 
-_PAPER = "LeCun et al. 1998"
+FAMILY = Family("lenet5", "LeCun et al. 1998", LeNet5Config, LeNet5, _make_batch, _loss)
 
-register_model(ModelSpec(
-    name="lenet5-classic",
-    family="lenet5",
-    paper=_PAPER,
-    config_cls=LeNet5Config,
-    preset="classic",
-    model_cls=LeNet5,
-    make_batch=_make_batch,
-    loss=_loss,
-    paper_param_count=60_000,
-    demo=True,
-    description="LeNet-5 as published: Table I C3, trainable subsampling, scaled tanh, fixed RBF output, MAP loss",
-    overfit=OverfitRecipe(batch_size=4, steps=60, lr=1e-2, below=0.1),
-))  # fmt: skip
-
-register_model(ModelSpec(
-    name="lenet5-modern",
-    family="lenet5",
-    paper=_PAPER,
-    config_cls=LeNet5Config,
-    preset="modern",
-    model_cls=LeNet5,
-    make_batch=_make_batch,
-    loss=_loss,
-    paper_param_count=None,
-    description="LeNet-5 layout with full C3, ReLU, max pooling and a linear softmax output",
-    overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
-))  # fmt: skip
+SPECS = (
+    FAMILY.preset(
+        "lenet5-classic", "classic",
+        "LeNet-5 as published: Table I C3, trainable subsampling, scaled tanh, fixed RBF output, MAP loss",
+        paper_param_count=60_000, demo=True, overfit=OverfitRecipe(batch_size=4, steps=60, lr=1e-2, below=0.1),
+    ),
+    FAMILY.preset(
+        "lenet5-modern", "modern", "LeNet-5 layout with full C3, ReLU, max pooling and a linear softmax output",
+        overfit=OverfitRecipe(batch_size=4, steps=60, lr=3e-3, below=0.1),
+    ),
+)  # fmt: skip

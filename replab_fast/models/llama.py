@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import ModelSpec, OverfitRecipe, register_model
+from .registry import Family, OverfitRecipe
 
 __all__ = [
     "LlamaConfig",
@@ -607,62 +607,23 @@ def next_token_loss(model: Llama, inputs: tuple[Tensor, ...], target: Tensor) ->
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1))
 
 
-_PAPER = "Touvron et al. 2023"
+FAMILY = Family("llama", "Touvron et al. 2023", LlamaConfig, Llama, make_batch, next_token_loss)
 
-register_model(
-    ModelSpec(
-        name="llama-tiny",
-        family="llama",
-        paper=_PAPER,
-        config_cls=LlamaConfig,
-        preset="tiny",
-        model_cls=Llama,
-        make_batch=make_batch,
-        loss=next_token_loss,
+SPECS = (
+    FAMILY.preset(
+        "llama-tiny", "tiny", "LLaMA, CPU-test size (dim 64, 2 layers, 4 heads / 2 kv heads, vocab 256)",
         demo=True,
-        description="LLaMA, CPU-test size (dim 64, 2 layers, 4 heads / 2 kv heads, vocab 256)",
         overfit=OverfitRecipe(batch_size=4, steps=40, lr=1e-2, below=0.1),  # verified: ~0.002-0.006x at 30 steps
-    )
-)
-register_model(
-    ModelSpec(
-        name="llama-small",
-        family="llama",
-        paper=_PAPER,
-        config_cls=LlamaConfig,
-        preset="small",
-        model_cls=Llama,
-        make_batch=make_batch,
-        loss=next_token_loss,
-        description="LLaMA, benchmark size (~60M parameters: dim 512, 8 layers, 8 heads, vocab 32000)",
+    ),
+    FAMILY.preset(
+        "llama-small", "small", "LLaMA, benchmark size (~60M parameters: dim 512, 8 layers, 8 heads, vocab 32000)",
         overfit=None,  # ~60M parameters with a 32k vocabulary: too slow to train in a CPU test
-    )
-)
-register_model(
-    ModelSpec(
-        name="llama-7b",
-        family="llama",
-        paper=_PAPER,
-        config_cls=LlamaConfig,
-        preset="7B",
-        model_cls=Llama,
-        make_batch=make_batch,
-        loss=next_token_loss,
-        paper_param_count=6_738_415_616,
-        description="LLaMA-7B (dim 4096, 32 layers, 32 heads, vocab 32000)",
-    )
-)
-register_model(
-    ModelSpec(
-        name="llama-13b",
-        family="llama",
-        paper=_PAPER,
-        config_cls=LlamaConfig,
-        preset="13B",
-        model_cls=Llama,
-        make_batch=make_batch,
-        loss=next_token_loss,
+    ),
+    FAMILY.preset(
+        "llama-7b", "7B", "LLaMA-7B (dim 4096, 32 layers, 32 heads, vocab 32000)", paper_param_count=6_738_415_616,
+    ),
+    FAMILY.preset(
+        "llama-13b", "13B", "LLaMA-13B (dim 5120, 40 layers, 40 heads, vocab 32000)",
         paper_param_count=13_015_864_320,
-        description="LLaMA-13B (dim 5120, 40 layers, 40 heads, vocab 32000)",
-    )
-)
+    ),
+)  # fmt: skip

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, ModelSpec, OverfitRecipe, register_model
+from .registry import Batch, Family, OverfitRecipe
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, B, H)
 
@@ -379,49 +379,24 @@ def classifier_loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor
 
 
 _PAPER = "Hochreiter & Schmidhuber 1997; forget gate Gers et al. 2000"
+LM_FAMILY = Family("lstm", _PAPER, LSTMLanguageModelConfig, LSTMLanguageModel, make_lm_batch, lm_loss)
+CLASSIFIER_FAMILY = Family("lstm", _PAPER, LSTMClassifierConfig, LSTMClassifier, make_classifier_batch, classifier_loss)
 
-register_model(
-    ModelSpec(
-        name="lstm-lm-small",
-        family="lstm",
-        paper=_PAPER,
-        config_cls=LSTMLanguageModelConfig,
-        preset="lstm-lm-small",
-        model_cls=LSTMLanguageModel,
-        make_batch=make_lm_batch,
-        loss=lm_loss,
+SPECS = (
+    LM_FAMILY.preset(
+        "lstm-lm-small", "lstm-lm-small", "byte-level LSTM language model, 2 x 256 (1.18M params)",
         demo=True,
-        description="byte-level LSTM language model, 2 x 256 (1.18M params)",
         overfit=OverfitRecipe(batch_size=4, steps=40, lr=5e-2, below=0.1, overrides=(("seq_len", 16),)),
-    )
-)
-
-register_model(
-    ModelSpec(
-        name="lstm-lm-medium",
-        family="lstm",
+    ),
+    LM_FAMILY.preset(
+        "lstm-lm-medium", "lstm-lm-medium",
+        "word-level LSTM language model, Zaremba et al.'s medium: 2 x 650, 10k vocab (19.8M params)",
         paper=_PAPER + "; Zaremba et al. 2014",
-        config_cls=LSTMLanguageModelConfig,
-        preset="lstm-lm-medium",
-        model_cls=LSTMLanguageModel,
-        make_batch=make_lm_batch,
-        loss=lm_loss,
-        description="word-level LSTM language model, Zaremba et al.'s medium: 2 x 650, 10k vocab (19.8M params)",
         overfit=None,  # 19.8M parameters: several seconds per few Adam steps on a CPU; same code as -small
-    )
-)
-
-register_model(
-    ModelSpec(
-        name="lstm-classifier-small",
-        family="lstm",
-        paper=_PAPER,
-        config_cls=LSTMClassifierConfig,
-        preset="lstm-classifier-small",
-        model_cls=LSTMClassifier,
-        make_batch=make_classifier_batch,
-        loss=classifier_loss,
-        description="byte-level LSTM sequence classifier, 2 x 128, 4 classes (297K params)",
+    ),
+    CLASSIFIER_FAMILY.preset(
+        "lstm-classifier-small", "lstm-classifier-small",
+        "byte-level LSTM sequence classifier, 2 x 128, 4 classes (297K params)",
         overfit=OverfitRecipe(batch_size=8, steps=30, lr=1e-2, below=0.1),
-    )
-)
+    ),
+)  # fmt: skip

@@ -1,18 +1,23 @@
 """The model registry: every reference model and preset under one name.
 
-Each model file registers its presets at the bottom with :func:`register_model`. A
-:class:`ModelSpec` says how to build the model, how to make a random batch for it and how
-to compute its training loss, so the CLI, the demo, the benchmarks and the tests can treat
-every paper alike:
+Each model file describes its paper's presets as data: a :class:`Family` (what every preset of
+the paper shares: its config and model classes, how to make a random batch, its training loss)
+and a tuple ``SPECS`` of :class:`ModelSpec`, one per preset, made with ``Family.preset``. This
+module lists the model files (``MODEL_MODULES``) and reads their ``SPECS`` the first time a
+name is looked up; importing a model file registers nothing. A :class:`ModelSpec` lets the CLI,
+the demo, the benchmarks and the tests treat every paper alike:
 
     spec = get_spec("lenet5-classic")
     model = create_model("lenet5-classic")
     inputs, target = spec.make_batch(model, batch_size=4, generator=torch.Generator().manual_seed(0))
     loss = spec.loss(model, inputs, target)
+
+``register_model`` adds a preset of one's own.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -57,20 +62,56 @@ class ModelSpec:
         return self.config_cls.from_name(self.preset, **overrides)
 
 
+@dataclass(frozen=True)
+class Family:
+    """What every preset of one paper shares; ``preset`` makes the ModelSpec of one of them."""
+
+    name: str  # family name, e.g. "lenet5"
+    paper: str  # short citation
+    config_cls: type  # typed dataclass with a from_name(preset, **overrides) classmethod
+    model_cls: type  # built as model_cls(config, device=..., dtype=...)
+    make_batch: MakeBatch  # random (inputs, target) on the model's device and dtype
+    loss: LossFn  # scalar training loss
+
+    def preset(self, name: str, preset: str, description: str, **fields: Any) -> ModelSpec:
+        """The ModelSpec of preset ``preset`` registered as ``name``; ``fields`` sets the rest
+        (``paper_param_count``, ``demo``, ``overfit``, and any shared field to override, such as
+        ``paper`` or ``config_cls``)."""
+        shared = dict(family=self.name, paper=self.paper, config_cls=self.config_cls, model_cls=self.model_cls,
+                      make_batch=self.make_batch, loss=self.loss)  # fmt: skip
+        return ModelSpec(name=name, preset=preset, description=description, **{**shared, **fields})
+
+
+# The model files, one per paper, each with its SPECS (replab_fast/models/<module>.py).
+MODEL_MODULES = ("alexnet", "autoencoder", "lenet", "llama", "lstm")
+
 _REGISTRY: dict[str, ModelSpec] = {}
+_LOADED = False
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add a model preset to the registry; a name may be registered once."""
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
-        raise ValueError(f"model name {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
+    _load_all()
+    _add(spec)
     return spec
 
 
+def _add(spec: ModelSpec) -> None:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"model name {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
 def _load_all() -> None:
-    # Importing the model package imports every model file, which registers its presets.
-    import replab_fast.models  # noqa: F401
+    """Read every model file's SPECS into the registry, once."""
+    global _LOADED
+    if _LOADED:
+        return
+    for module_name in MODEL_MODULES:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        for spec in module.SPECS:
+            _add(spec)
+    _LOADED = True
 
 
 def list_models(family: Optional[str] = None) -> list[str]:
