@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 
 def _candidates(D: int):
-    from replab_fast.kernels.attention import AttentionConfig
+    from replab_fast.kernels.attention.launch import AttentionConfig
 
     fwd = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
     bwd = [(32, 128, 8, 2), (32, 128, 4, 3), (16, 128, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2)]
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import triton.testing
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from replab_fast.kernels.attention import AttentionConfig, attention_backward, attention_forward
+    from replab_fast.kernels.attention.launch import AttentionConfig, attention_backward, attention_forward
 
     rows = []
     device = torch.device("cuda")

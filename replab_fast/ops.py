@@ -6,8 +6,10 @@ registered with autograd and a fake implementation: it works in eager mode, unde
 compiled Triton kernels; CPU tensors run the same kernels through Triton's interpreter (slow,
 for tests and small runs), with nothing to set.
 
-Importing this module imports triton (``replab_fast.kernels.unavailable_reason()`` says, without
-importing it, whether that will work here).
+Importing this module registers the Triton ops (and so imports triton) where Triton can run;
+where it cannot, the import still works and each Triton op raises ImportError saying why
+(``replab_fast.kernels.unavailable_reason()``). ``conv2d`` loads the C++/CUDA extension at its
+first call.
 """
 
 import math
@@ -16,11 +18,20 @@ from typing import Optional
 from torch import Tensor
 from torch import ops as _torch_ops
 
-from .kernels import attention as _attention  # noqa: F401  (registers replab_fast::attention*)
-from .kernels import rms_norm as _rms_norm  # noqa: F401  (registers replab_fast::rms_norm*)
-from .kernels import rope as _rope  # noqa: F401  (registers replab_fast::rope*)
+from .kernels import unavailable_reason
 
 __all__ = ["attention", "conv2d", "rms_norm", "rms_norm_residual", "rope"]
+
+_TRITON_UNAVAILABLE = unavailable_reason()  # None where the Triton kernels can run
+if _TRITON_UNAVAILABLE is None:
+    from .kernels.attention import op as _attention  # noqa: F401  (registers replab_fast::attention*)
+    from .kernels.rms_norm import op as _rms_norm  # noqa: F401  (registers replab_fast::rms_norm*)
+    from .kernels.rope import op as _rope  # noqa: F401  (registers replab_fast::rope*)
+
+
+def _require_triton(op: str) -> None:
+    if _TRITON_UNAVAILABLE is not None:
+        raise ImportError(f"replab_fast.ops.{op} needs the Triton kernels, which cannot run here: {_TRITON_UNAVAILABLE}")
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
@@ -38,6 +49,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
         they match), computed in fp32 (fp64 for float64), like ``replab_fast.models.llama.RMSNorm``.
         Differentiable in x and weight; the dweight reduction uses per-program partial sums.
     """
+    _require_triton("rms_norm")
     return _torch_ops.replab_fast.rms_norm(x, weight, float(eps))
 
 
@@ -54,6 +66,7 @@ def rms_norm_residual(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 
         ``x + residual`` is), both contiguous of x's shape. Differentiable in x, residual and
         weight; gradients flowing into both y and h (the residual stream) are combined in one pass.
     """
+    _require_triton("rms_norm_residual")
     return _torch_ops.replab_fast.rms_norm_residual(x, residual, weight, float(eps))
 
 
@@ -74,6 +87,7 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, *, interleaved: bool = 
         float32 / float64), computed in fp32 (fp64 for float64). The backward is the rotation by
         the negative angles.
     """
+    _require_triton("rope")
     return _torch_ops.replab_fast.rope(q, k, cos, sin, bool(interleaved))
 
 
@@ -106,6 +120,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: Op
         # here, so that the op's own check reports it ("head dims from 16 to 256 ...").
         D = q.shape[-1] if isinstance(q, Tensor) and q.dim() > 0 else 0
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    _require_triton("attention")
     return _torch_ops.replab_fast.attention(q, k, v, bool(causal), float(scale))[0]
 
 
@@ -135,9 +150,9 @@ def conv2d(
 
     Returns:
         (N, K, PH, PW) in x's dtype. Differentiable in x, weight and bias (backward written in
-        csrc/ too). The extension is loaded at the first call (``replab_fast.kernels.conv2d``):
+        csrc/ too). The extension is loaded at the first call (``replab_fast.kernels.conv2d.op``):
         a missing or stale build raises ImportError with the command that builds it.
     """
-    from .kernels import conv2d as _conv2d  # loads replab_fast._C (not at import of ops: Triton ops need no build)
+    from .kernels.conv2d import op as _conv2d  # loads replab_fast._C (not at import of ops: Triton ops need no build)
 
     return _conv2d.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, pool)

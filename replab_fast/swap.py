@@ -1,9 +1,10 @@
 """Swap fast drop-in modules into a reference model, and back.
 
-A kernel registers a *drop-in* for one reference module class::
-
-    register_drop_in(RMSNorm, kernel="rms_norm", build=FastRMSNorm.from_reference,
-                     check=lambda m: None if triton_usable(m) else "Triton not installed")
+Which fast module replaces which reference module is one table, ``DROP_INS`` in
+``replab_fast.nn``: a ``DropIn`` (``replab_fast.drop_in``) per reference class, naming its kernel,
+how to build it and the check that says why it cannot run a module. This module reads that table
+at the first ``accelerate`` (importing the drop-ins then, not when replab_fast is imported);
+``register_drop_in`` adds one's own after it.
 
 A drop-in may carry several kernels that replace different parts of one reference module (the
 LLaMA ``Attention`` drop-in: "rope" for the rotation, "attention" for the attention core). It
@@ -11,8 +12,8 @@ names them all, gives a check per kernel, and its build receives the kernels to 
 caller left on and whose check passed. Each kernel is thus turned off on its own, and the report
 says, per swapped module, which kernels it uses and why the others were left out::
 
-    register_drop_in(Attention, kernel=("rope", "attention"), build=FastAttention.from_reference,
-                     check={"rope": rope_reason, "attention": attention_reason})
+    DropIn(Attention, ("rope", "attention"), FastAttention.from_reference,
+           check={"rope": rope_reason, "attention": attention_reason})
     # build(module, ("rope",)) when accelerate(model, attention=False)
 
 ``accelerate(model)`` walks the model, and for every submodule whose class is exactly a
@@ -35,43 +36,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-import torch
 from torch import nn
 
-BuildFn = Callable[[nn.Module], nn.Module]  # reference module -> drop-in sharing its tensors
-# Several kernels: (reference module, the kernels to use, a non-empty subset) -> drop-in
-MultiBuildFn = Callable[[nn.Module, tuple], nn.Module]
-CheckFn = Callable[[nn.Module], Optional[str]]  # reference module -> reason it can't swap, or None
-
-
-@dataclass(frozen=True)
-class DropIn:
-    reference: type  # the reference nn.Module class it replaces (exact class, not subclasses)
-    kernel: Union[str, tuple[str, ...]]  # its kernel's name (or names): accelerate(model, <kernel>=False)
-    build: Union[BuildFn, MultiBuildFn]  # build(module), or build(module, kernels) for several kernels
-    # e.g. "Triton is not installed": one check, or one per kernel ({name: check}) for several kernels
-    check: Union[CheckFn, Mapping[str, CheckFn], None] = None
-    # False for an instance the drop-in is not about at all (a Sequential without a convolution
-    # for the fused conv): accelerate then treats it as unregistered, with no report entry.
-    applies: Optional[Callable[[nn.Module], bool]] = None
-    # True for Triton kernels: off a CUDA device they run only through Triton's interpreter
-    # (correct, and orders of magnitude slower), so accelerate swaps them there only when asked.
-    interpreted_on_cpu: bool = False
-
-    @property
-    def kernels(self) -> tuple[str, ...]:
-        """The kernels this drop-in carries."""
-        return (self.kernel,) if isinstance(self.kernel, str) else tuple(self.kernel)
-
-    def unusable_reason(self, kernel: str, module: nn.Module) -> Optional[str]:
-        """Why ``kernel`` of this drop-in cannot run ``module``, or None."""
-        check = self.check.get(kernel) if isinstance(self.check, Mapping) else self.check
-        return check(module) if check is not None else None
-
-    def make(self, module: nn.Module, kernels: tuple[str, ...]) -> nn.Module:
-        """The drop-in for ``module`` using ``kernels`` (all of its kernels for a one-kernel drop-in)."""
-        return self.build(module) if isinstance(self.kernel, str) else self.build(module, kernels)
-
+from .drop_in import BuildFn, CheckFn, DropIn, MultiBuildFn, adopt_tensors, verify_shares_tensors
 
 _DROP_INS: dict[type, list[DropIn]] = {}
 
@@ -85,7 +52,8 @@ def register_drop_in(
     applies: Optional[Callable[[nn.Module], bool]] = None,
     interpreted_on_cpu: bool = False,
 ) -> DropIn:
-    """Register a fast replacement for ``reference``; the first usable one registered wins.
+    """Add a fast replacement for ``reference`` of one's own, after replab_fast's (``DROP_INS``
+    in ``replab_fast.nn``); for each module the first usable one wins.
 
     ``kernel`` is one name, or several for a drop-in that carries several kernels; then ``build``
     takes ``(module, kernels)`` (the enabled, usable subset) and ``check`` may be a mapping from
@@ -93,97 +61,40 @@ def register_drop_in(
     off CUDA only through the interpreter; ``accelerate`` then swaps them there only with
     ``interpret=True``.
     """
-    if not (isinstance(reference, type) and issubclass(reference, nn.Module)):
-        raise TypeError(f"reference must be an nn.Module subclass, got {reference!r}")
-    if not isinstance(kernel, str):
-        kernel = tuple(kernel)
-        if not kernel or not all(isinstance(k, str) for k in kernel) or len(set(kernel)) != len(kernel):
-            raise ValueError(f"kernel must be a name or distinct names, got {kernel!r}")
-    if isinstance(check, Mapping):
-        names = (kernel,) if isinstance(kernel, str) else kernel
-        unknown = sorted(set(check) - set(names))
-        if unknown:
-            raise ValueError(f"checks for kernels the drop-in does not carry: {', '.join(unknown)}")
-    drop_in = DropIn(reference, kernel, build, check, applies, bool(interpreted_on_cpu))
-    _DROP_INS.setdefault(reference, []).append(drop_in)
+    drop_in = DropIn(reference, kernel if isinstance(kernel, str) else tuple(kernel), build, check, applies,
+                     bool(interpreted_on_cpu))  # fmt: skip
+    _drop_ins().setdefault(reference, []).append(drop_in)
     return drop_in
 
 
 def unregister_drop_in(drop_in: DropIn) -> None:
-    entries = _DROP_INS.get(drop_in.reference, [])
+    entries = _drop_ins().get(drop_in.reference, [])
     if drop_in in entries:
         entries.remove(drop_in)
     if not entries:
         _DROP_INS.pop(drop_in.reference, None)
 
 
-def _load_drop_ins() -> None:
-    import replab_fast.nn  # noqa: F401  (the drop-in modules register themselves there)
+_DROP_INS: dict[type, list[DropIn]] = {}  # by reference class: replab_fast's table, then the user's
+_TABLE_READ = False
+
+
+def _drop_ins() -> dict[type, list[DropIn]]:
+    """The drop-ins ``accelerate`` uses, replab_fast's table (``replab_fast.nn.DROP_INS``) read at
+    the first call: importing it imports the drop-in modules, and where Triton runs, triton."""
+    global _TABLE_READ
+    if not _TABLE_READ:
+        from .nn import DROP_INS  # the table; it imports nothing of this module
+
+        for drop_in in DROP_INS:
+            _DROP_INS.setdefault(drop_in.reference, []).append(drop_in)
+        _TABLE_READ = True
+    return _DROP_INS
 
 
 def registered_kernels() -> list[str]:
     """Names of the kernels that have at least one drop-in registered."""
-    _load_drop_ins()
-    return sorted({k for entries in _DROP_INS.values() for d in entries for k in d.kernels})
-
-
-# --------------------------------------------------------------------------- tensor sharing
-
-
-def _tensor_slots(module: nn.Module) -> tuple[dict, dict]:
-    """Every parameter and buffer slot by dotted name, ``None`` slots included (a bias=None, a
-    KV cache not allocated yet), as (parameters, buffers)."""
-    params, buffers = {}, {}
-    for prefix, sub in module.named_modules(remove_duplicate=False):
-        dot = prefix + "." if prefix else ""
-        params.update({dot + k: v for k, v in sub._parameters.items()})
-        buffers.update({dot + k: v for k, v in sub._buffers.items()})
-    return params, buffers
-
-
-def _set_slot(module: nn.Module, dotted: str, tensor: Optional[torch.Tensor], is_param: bool) -> None:
-    owner_path, _, leaf = dotted.rpartition(".")
-    owner = module.get_submodule(owner_path) if owner_path else module
-    (owner._parameters if is_param else owner._buffers)[leaf] = tensor
-
-
-def adopt_tensors(target: nn.Module, source: nn.Module) -> nn.Module:
-    """Make ``target`` use ``source``'s parameters and buffers (same objects), matched by name.
-
-    Both modules must have the same parameter and buffer slots (persistent or not, empty ones
-    included). Returns ``target``. Drop-ins use it to bind a freshly built (e.g. meta-device)
-    module to the reference's tensors; ``restore`` uses it to bind the original module back.
-    """
-    src_params, src_buffers = _tensor_slots(source)
-    dst_params, dst_buffers = _tensor_slots(target)
-    if src_params.keys() != dst_params.keys() or src_buffers.keys() != dst_buffers.keys():
-        raise ValueError(
-            f"{type(target).__name__} cannot adopt the tensors of {type(source).__name__}: "
-            f"parameters {sorted(dst_params)} vs {sorted(src_params)}, "
-            f"buffers {sorted(dst_buffers)} vs {sorted(src_buffers)}"
-        )
-    for name, param in src_params.items():
-        _set_slot(target, name, param, is_param=True)
-    for name, buf in src_buffers.items():
-        _set_slot(target, name, buf, is_param=False)
-    target.train(source.training)
-    return target
-
-
-def _verify_shares_tensors(fast: nn.Module, reference: nn.Module) -> None:
-    ref_state, fast_state = reference.state_dict(keep_vars=True), fast.state_dict(keep_vars=True)
-    if ref_state.keys() != fast_state.keys():
-        raise RuntimeError(
-            f"drop-in {type(fast).__name__} changes the state_dict keys of {type(reference).__name__}: "
-            f"{sorted(fast_state)} vs {sorted(ref_state)}"
-        )
-    ref_params = dict(reference.named_parameters())
-    for name, param in fast.named_parameters():
-        if ref_params.get(name) is not param:
-            raise RuntimeError(
-                f"drop-in {type(fast).__name__} does not reuse the reference parameter {name!r}; "
-                "build it with replab_fast.swap.adopt_tensors"
-            )
+    return sorted({k for entries in _drop_ins().values() for d in entries for k in d.kernels})
 
 
 # --------------------------------------------------------------------------- report
@@ -242,7 +153,7 @@ class _Swap:
 
 def _applicable(module: nn.Module) -> list[DropIn]:
     """The drop-ins registered for ``module``'s exact class that apply to this instance."""
-    return [d for d in _DROP_INS.get(type(module), []) if d.applies is None or d.applies(module)]
+    return [d for d in _drop_ins().get(type(module), []) if d.applies is None or d.applies(module)]
 
 
 INTERPRETER_REASON = (
@@ -295,7 +206,7 @@ def _swap_one(module: nn.Module, path: str, options: _Options, report: SwapRepor
         report.entries.append(SwapEntry(path, type(module).__name__, None, False, reason))
         return None
     fast = drop_in.make(module, kernels)
-    _verify_shares_tensors(fast, module)
+    verify_shares_tensors(fast, module)
     fast.train(module.training)
     report.entries.append(SwapEntry(path, type(module).__name__, "+".join(kernels), True, reason, kernels))
     return fast

@@ -1,4 +1,4 @@
-"""The debugging gauntlet for every registered model (shared/GUIDE.md section 6).
+"""The debugging gauntlet for every registered model.
 
 - every preset builds on the meta device (parameter counts of the huge presets without memory);
 - every preset small enough to train here overfits one fixed batch: the loss falls below its

@@ -17,7 +17,8 @@ from replab_fast.models.lenet import ScaledTanh
 from replab_fast.models.llama import RMSNorm
 from replab_fast.models.lstm import LSTM
 from replab_fast import swap
-from replab_fast.swap import adopt_tensors, register_drop_in
+from replab_fast.drop_in import adopt_tensors
+from replab_fast.swap import register_drop_in
 
 # (registry name, reference class a probe replaces)
 CASES = [

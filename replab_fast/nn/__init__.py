@@ -1,7 +1,5 @@
-"""Drop-in fast modules: same parameters and state_dict keys as the reference modules.
-
-Each kernel's drop-in lives in its own file here and registers itself with
-``replab_fast.swap.register_drop_in`` when this package is imported; ``accelerate`` imports it.
+"""Drop-in fast modules (same parameters and state_dict keys as the reference modules), and
+``DROP_INS``, the table that says which replaces which: the one place ``accelerate`` reads.
 
 - ``RMSNorm`` (rms_norm.py, kernel "rms_norm"): for ``replab_fast.models.llama.RMSNorm``.
 - ``Attention`` (llama.py, kernels "rope" and "attention", each switchable): LLaMA attention with the
@@ -12,12 +10,55 @@ Each kernel's drop-in lives in its own file here and registers itself with
   C++/CUDA extension; ``ConvSequential`` (kernel "conv2d_fused"): an ``nn.Sequential`` whose
   conv -> activation -> pool runs become one fused ``replab_fast.ops.conv2d`` each.
 
-Importing this package does not import triton: where the kernels cannot run, the drop-ins are
-still registered and ``accelerate`` reports why they were not swapped in.
+Each check, the reason a kernel cannot run a module, is the kernel's own (``replab_fast.kernels``).
+Importing this package registers nothing; where Triton cannot run, the drop-ins still import,
+and ``accelerate`` reports why they were not swapped in.
 """
 
-from .conv import Conv2d, ConvSequential, FusedConv2d, FusedPartialConv2d, PartialConv2d
-from .llama import Attention, TransformerBlock
+from torch import nn as torch_nn
+
+from ..drop_in import DropIn
+from ..kernels import attention as attention_kernel
+from ..kernels import triton_unusable_reason
+from ..models import lenet
+from ..models import llama as llama_reference
+from .conv import (
+    Conv2d,
+    ConvSequential,
+    FusedConv2d,
+    FusedPartialConv2d,
+    PartialConv2d,
+    conv_unusable_reason,
+    has_convolution,
+    sequential_unusable_reason,
+)
+from .llama import ATTENTION_KERNELS, Attention, TransformerBlock
 from .rms_norm import RMSNorm
 
-__all__ = ["Attention", "Conv2d", "ConvSequential", "FusedConv2d", "FusedPartialConv2d", "PartialConv2d", "RMSNorm", "TransformerBlock"]
+__all__ = [
+    "Attention",
+    "Conv2d",
+    "ConvSequential",
+    "DROP_INS",
+    "FusedConv2d",
+    "FusedPartialConv2d",
+    "PartialConv2d",
+    "RMSNorm",
+    "TransformerBlock",
+]
+
+# The Triton drop-ins are interpreted off CUDA: accelerate swaps them there only with interpret=True.
+DROP_INS = (
+    DropIn(llama_reference.RMSNorm, "rms_norm", RMSNorm.from_reference, triton_unusable_reason,
+           interpreted_on_cpu=True),
+    DropIn(llama_reference.TransformerBlock, "fused_add_rms_norm", TransformerBlock.from_reference,
+           triton_unusable_reason, interpreted_on_cpu=True),
+    DropIn(llama_reference.Attention, ATTENTION_KERNELS, Attention.from_reference,
+           {"rope": triton_unusable_reason, "attention": attention_kernel.unusable_reason}, interpreted_on_cpu=True),
+    # A Sequential without a convolution (the MLP autoencoders', every classifier head) is no
+    # target of "conv2d_fused": ``applies`` keeps those out of accelerate's walk and its report.
+    DropIn(torch_nn.Sequential, "conv2d_fused", ConvSequential.from_reference, sequential_unusable_reason,
+           applies=has_convolution),
+    DropIn(torch_nn.Conv2d, "conv2d", Conv2d.from_reference, conv_unusable_reason),
+    DropIn(lenet.PartialConv2d, "conv2d", PartialConv2d.from_reference, conv_unusable_reason),
+)  # fmt: skip

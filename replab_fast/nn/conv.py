@@ -39,14 +39,14 @@ CUDA); zero padding. Importing this module does not load the extension.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import NamedTuple, Optional
 
-import torch
 from torch import Tensor, nn
 
 from .. import _extension
+from ..drop_in import adopt_tensors
+from ..kernels import conv2d as conv_kernel
 from ..models import lenet
-from ..swap import adopt_tensors, register_drop_in
 
 __all__ = [
     "Conv2d",
@@ -57,31 +57,18 @@ __all__ = [
     "PartialConv2d",
     "conv_unusable_reason",
     "find_fusable_runs",
+    "FusableRun",
+    "has_convolution",
+    "sequential_unusable_reason",
 ]
 
-_CPU_DTYPES = (torch.float32, torch.float64)
-_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CONVOLUTIONS = (nn.Conv2d, lenet.PartialConv2d)  # the reference classes the extension runs
 
 
 def _conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups, activation, pool):
-    from ..kernels.conv2d import conv2d  # loads the extension (checked at swap time)
+    from ..kernels.conv2d.op import conv2d  # loads the extension (checked at swap time)
 
     return conv2d(x, weight, bias, stride, padding, dilation, groups, activation, pool)
-
-
-def _tensors_unusable_reason(module: nn.Module) -> Optional[str]:
-    for name, tensor in module.named_parameters():
-        if tensor.device.type == "cpu":
-            if tensor.dtype not in _CPU_DTYPES:
-                return f"parameter {name} has dtype {tensor.dtype}; the CPU kernels support float32 and float64"
-        elif tensor.device.type == "cuda":
-            if not _extension.with_cuda():
-                return "replab_fast._C was built without its CUDA kernels; rebuild it on a machine with nvcc"
-            if tensor.dtype not in _CUDA_DTYPES:
-                return f"parameter {name} has dtype {tensor.dtype}; the CUDA kernels support float16, bfloat16, float32, float64"
-        else:
-            return f"parameter {name} is on {tensor.device}; the kernels run on the CPU and CUDA devices"
-    return None
 
 
 def _zero_padding_reason(conv: nn.Conv2d) -> Optional[str]:
@@ -94,14 +81,10 @@ def _zero_padding_reason(conv: nn.Conv2d) -> Optional[str]:
 
 def conv_unusable_reason(module: nn.Module) -> Optional[str]:
     """Why the extension cannot run ``module`` (an nn.Conv2d or LeNet-5's PartialConv2d), or None."""
-    reason = _extension.unavailable_reason()
-    if reason:
-        return reason
-    if isinstance(module, nn.Conv2d):
-        why = _zero_padding_reason(module)
-        if why:
-            return why
-    return _tensors_unusable_reason(module)
+    reason = conv_kernel.unusable_reason(module)
+    if reason is None and isinstance(module, nn.Conv2d):
+        reason = _zero_padding_reason(module)
+    return reason
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,15 +205,30 @@ def _pool_of(module: nn.Module) -> Optional[tuple]:
     return None
 
 
-def find_fusable_runs(seq: nn.Sequential) -> list[tuple[str, Optional[str], Optional[str], Optional[str], Optional[tuple]]]:
-    """Every run (conv name, activation name, pool name, activation, pool spec) in ``seq`` whose
-    convolution the extension can run here, with at least an activation or a pool to fuse."""
+class FusableRun(NamedTuple):
+    """conv -> activation -> pool children of a Sequential that one fused conv2d call replaces."""
+
+    conv: str  # the convolution's child name
+    activation_name: Optional[str]  # the activation's child name, None when there is none
+    pool_name: Optional[str]  # the pooling's child name, None when there is none
+    activation: Optional[str]  # the op's activation= ("relu", "tanh", "scaled_tanh")
+    pool: Optional[tuple]  # the op's pool= (("max" | "avg", kernel, stride))
+
+    @property
+    def fused_away(self) -> tuple[str, ...]:
+        """The children whose work the fused convolution does."""
+        return tuple(n for n in (self.activation_name, self.pool_name) if n)
+
+
+def find_fusable_runs(seq: nn.Sequential) -> list[FusableRun]:
+    """Every run in ``seq`` whose convolution the extension can run here, with at least an
+    activation or a pool to fuse."""
     children = list(seq.named_children())
     runs = []
     i = 0
     while i < len(children):
         name, module = children[i]
-        if type(module) not in (nn.Conv2d, lenet.PartialConv2d) or conv_unusable_reason(module):
+        if type(module) not in _CONVOLUTIONS or conv_unusable_reason(module):
             i += 1
             continue
         j = i + 1
@@ -242,7 +240,7 @@ def find_fusable_runs(seq: nn.Sequential) -> list[tuple[str, Optional[str], Opti
             pool_name, pool = children[j][0], _pool_of(children[j][1])
             j += 1
         if act_name or pool_name:
-            runs.append((name, act_name, pool_name, activation, pool))
+            runs.append(FusableRun(name, act_name, pool_name, activation, pool))
         i = j
     return runs
 
@@ -252,7 +250,7 @@ def sequential_unusable_reason(seq: nn.Sequential) -> Optional[str]:
     if reason:
         return reason
     if not find_fusable_runs(seq):
-        convs = [m for m in seq.children() if type(m) in (nn.Conv2d, lenet.PartialConv2d)]
+        convs = [m for m in seq.children() if type(m) in _CONVOLUTIONS]
         if convs:
             why = [r for r in map(conv_unusable_reason, convs) if r]
             return why[0] if why else "no convolution here is followed by an activation or a pooling to fuse"
@@ -265,20 +263,15 @@ class ConvSequential(nn.Sequential):
 
     @classmethod
     def from_reference(cls, ref: nn.Sequential) -> "ConvSequential":
-        runs = {r[0]: r for r in find_fusable_runs(ref)}
-        fused_away = {}
-        for conv_name, act_name, pool_name, _, _ in runs.values():
-            for other in (act_name, pool_name):
-                if other:
-                    fused_away[other] = conv_name
+        runs = {run.conv: run for run in find_fusable_runs(ref)}
+        fused_into = {other: run.conv for run in runs.values() for other in run.fused_away}
         children = OrderedDict()
         for name, module in ref.named_children():
             if name in runs:
-                _, _, _, activation, pool = runs[name]
                 fused_cls = FusedConv2d if type(module) is nn.Conv2d else FusedPartialConv2d
-                children[name] = fused_cls.from_reference(module, activation=activation, pool=pool)
-            elif name in fused_away:
-                children[name] = Fused(type(module).__name__, fused_away[name])
+                children[name] = fused_cls.from_reference(module, activation=runs[name].activation, pool=runs[name].pool)
+            elif name in fused_into:
+                children[name] = Fused(type(module).__name__, fused_into[name])
             else:
                 children[name] = module
         fast = cls(children)
@@ -288,12 +281,4 @@ class ConvSequential(nn.Sequential):
 
 def has_convolution(seq: nn.Sequential) -> bool:
     """Whether ``seq`` holds a convolution at all: the fused drop-in is about those Sequentials only."""
-    return any(type(m) in (nn.Conv2d, lenet.PartialConv2d) for m in seq.children())
-
-
-# A Sequential without a convolution (the MLP autoencoders', every classifier head) is no target
-# of "conv2d_fused": ``applies`` keeps those out of accelerate's walk and its report.
-register_drop_in(nn.Sequential, kernel="conv2d_fused", build=ConvSequential.from_reference,
-                 check=sequential_unusable_reason, applies=has_convolution)  # fmt: skip
-register_drop_in(nn.Conv2d, kernel="conv2d", build=Conv2d.from_reference, check=conv_unusable_reason)
-register_drop_in(lenet.PartialConv2d, kernel="conv2d", build=PartialConv2d.from_reference, check=conv_unusable_reason)
+    return any(type(m) in _CONVOLUTIONS for m in seq.children())

@@ -22,18 +22,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..kernels import unavailable_reason
+from .. import ops
+from ..drop_in import adopt_tensors
 from ..models import llama as reference
-from ..swap import adopt_tensors, register_drop_in
-from .rms_norm import kernel_unusable_reason
 
 ATTENTION_KERNELS = ("rope", "attention")  # what the Attention drop-in can carry
-_MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 256  # replab_fast.kernels.attention's range (not imported: no triton here)
 
-if unavailable_reason() is None:  # the Triton kernels can run here (else every check says why not)
-    from .. import ops
-
-__all__ = ["Attention", "TransformerBlock", "attention_unusable_reason"]
+__all__ = ["ATTENTION_KERNELS", "Attention", "TransformerBlock"]
 
 
 def _config_like(attention: reference.Attention) -> reference.LlamaConfig:
@@ -48,16 +43,6 @@ def _config_like(attention: reference.Attention) -> reference.LlamaConfig:
             f"{config.n_heads} heads"
         )
     return config
-
-
-def attention_unusable_reason(module: reference.Attention) -> Optional[str]:
-    """Why ``replab_fast.ops.attention`` cannot run ``module``, or None (the check of kernel "attention")."""
-    reason = kernel_unusable_reason(module)
-    if reason is None and not _MIN_HEAD_DIM <= module.head_dim <= _MAX_HEAD_DIM:
-        reason = (
-            f"head dim {module.head_dim} unsupported (the attention kernels take {_MIN_HEAD_DIM} to {_MAX_HEAD_DIM})"
-        )
-    return reason
 
 
 class Attention(reference.Attention):
@@ -138,13 +123,3 @@ class TransformerBlock(reference.TransformerBlock):
 
     def extra_repr(self) -> str:
         return f"layer_id={self.layer_id}, add+ffn_norm=replab_fast.ops.rms_norm_residual"
-
-
-register_drop_in(
-    reference.Attention, kernel=ATTENTION_KERNELS, build=Attention.from_reference,
-    check={"rope": kernel_unusable_reason, "attention": attention_unusable_reason}, interpreted_on_cpu=True,
-)  # fmt: skip
-register_drop_in(
-    reference.TransformerBlock, kernel="fused_add_rms_norm", build=TransformerBlock.from_reference,
-    check=kernel_unusable_reason, interpreted_on_cpu=True,
-)  # fmt: skip

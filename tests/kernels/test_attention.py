@@ -1,5 +1,5 @@
-"""Parity tests of the fused attention kernels (replab_fast/kernels/attention.py) against the
-reference LLaMA's ``attention_ref``, per shared/GUIDE.md section 3.
+"""Parity tests of the fused attention kernels (replab_fast/kernels/attention/) against the
+reference LLaMA's ``attention_ref``.
 
 Tolerances.
 - The reference runs on float64 copies of q, k, v on the CPU (float32 on a GPU would do; here
@@ -27,13 +27,8 @@ import pytest
 import torch
 
 from replab_fast import ops
-from replab_fast.kernels.attention import (
-    AttentionConfig,
-    attention_backward,
-    attention_forward,
-    attention_ref,
-    with_config,
-)
+from replab_fast.kernels.attention.launch import AttentionConfig, attention_backward, attention_forward, with_config
+from replab_fast.models.llama import attention_ref
 from replab_fast.testing import DEVICES, assert_parity, random_tensor
 
 FP32_RTOL = 2e-5

@@ -1,7 +1,7 @@
 """Parity tests of the fused conv2d (+ activation + pooling) of the C++/CUDA extension
-(csrc/conv2d.cpp, csrc/conv2d_cuda.cu, replab_fast/kernels/conv2d.py) against the independent
+(csrc/, replab_fast/kernels/conv2d/) against the independent
 reference ``conv2d_ref``: torch.nn.functional.conv2d, then the activation, then
-F.max_pool2d / F.avg_pool2d (shared/GUIDE.md section 3).
+F.max_pool2d / F.avg_pool2d.
 
 Tolerances.
 - float64 (CPU, and CUDA): within 1e-12 x max(1, max |ref|) (``assert_parity``): both sides in
@@ -30,7 +30,8 @@ import pytest
 import torch
 
 from replab_fast import _extension, ops
-from replab_fast.kernels.conv2d import activation_ref, conv2d, conv2d_ref, normalize_pool, resolve_padding
+from replab_fast.kernels.conv2d.op import conv2d, normalize_pool, resolve_padding
+from replab_fast.kernels.conv2d.reference import activation_ref, conv2d_ref
 from replab_fast.testing import assert_parity, random_tensor
 
 CUDA_REASON = "needs a CUDA device (the extension's CUDA kernels); this machine has none"

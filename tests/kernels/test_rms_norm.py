@@ -1,5 +1,5 @@
-"""Parity tests of the RMSNorm kernels (replab_fast/kernels/rms_norm.py) against the reference
-``replab_fast.models.llama.RMSNorm`` (through ``rms_norm_ref``), per shared/GUIDE.md section 3.
+"""Parity tests of the RMSNorm kernels (replab_fast/kernels/rms_norm/) against the reference
+``replab_fast.models.llama.RMSNorm`` (through ``rms_norm_ref``).
 
 Tolerances.
 - The reference runs on float64 copies of the inputs. float32: ``|fast - ref| <= 2e-6 * scale``
@@ -26,8 +26,8 @@ import torch
 
 from replab_fast import ops
 from replab_fast.testing import DEVICES, assert_parity, random_tensor
-from replab_fast.kernels import rms_norm as K
-from replab_fast.kernels.rms_norm import RMSNormConfig, rms_norm_backward, rms_norm_forward, rms_norm_ref
+from replab_fast.kernels.rms_norm.launch import RMSNormConfig, rms_norm_backward, rms_norm_forward
+from replab_fast.kernels.rms_norm.reference import rms_norm_ref, rms_norm_residual_ref
 
 LOW = (torch.float16, torch.bfloat16)
 EPS = 1e-5
@@ -50,7 +50,7 @@ def run_and_compare(x, weight, *, residual=None, eps=EPS, seed=0):
             y = ops.rms_norm(xx, ww, eps) if fast else rms_norm_ref(xx, ww, eps)
             return [y]
         xx, ww, rr = tensors
-        y, h = ops.rms_norm_residual(xx, rr, ww, eps) if fast else K.rms_norm_residual_ref(xx, rr, ww, eps)
+        y, h = ops.rms_norm_residual(xx, rr, ww, eps) if fast else rms_norm_residual_ref(xx, rr, ww, eps)
         return [y, h]
 
     outs = forward(leaves, True)

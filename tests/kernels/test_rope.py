@@ -1,6 +1,5 @@
-"""Parity tests of the RoPE kernel (replab_fast/kernels/rope.py) against the reference LLaMA's
-``apply_rope`` (interleaved pairs) and ``apply_rope_rotate_half`` (through ``rope_ref``), per
-shared/GUIDE.md section 3.
+"""Parity tests of the RoPE kernel (replab_fast/kernels/rope/) against the reference LLaMA's
+``apply_rope`` (interleaved pairs) and ``apply_rope_rotate_half`` (through ``rope_ref``).
 
 Tolerances.
 - The reference runs on float64 copies of q, k (and of the cos/sin tables). float32:
@@ -20,7 +19,8 @@ import torch
 
 from replab_fast import ops
 from replab_fast.testing import DEVICES, assert_parity, random_tensor
-from replab_fast.kernels.rope import RopeConfig, rope_forward, rope_ref
+from replab_fast.kernels.rope.launch import RopeConfig, rope_forward
+from replab_fast.kernels.rope.reference import rope_ref
 from replab_fast.models.llama import precompute_rope
 
 CONVENTIONS = [pytest.param(True, id="interleaved"), pytest.param(False, id="rotate_half")]

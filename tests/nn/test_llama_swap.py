@@ -160,9 +160,9 @@ def test_on_a_cpu_a_plain_accelerate_swaps_no_interpreted_kernel():
 
 
 def test_check_says_why_when_triton_is_missing(monkeypatch):
-    import replab_fast.nn.rms_norm as nn_rms_norm
+    import replab_fast.kernels
 
-    monkeypatch.setattr(nn_rms_norm, "_UNAVAILABLE", "Triton is not installed (pip install triton; Linux only)")
+    monkeypatch.setattr(replab_fast.kernels, "unavailable_reason", lambda: "Triton is not installed (pip install triton; Linux only)")
     model = tiny()
     replab_fast.accelerate(model, interpret=True)
     assert not model.replab_report.swapped

@@ -1,29 +1,13 @@
-"""Fused 2-D convolution + activation + pooling, from the C++/CUDA extension (csrc/).
+"""The conv2d op: the extension's ``torch.ops.replab_fast.conv2d`` with its fake implementation,
+its autograd and the functional ``conv2d`` (``replab_fast.ops.conv2d`` is this function).
 
-Math, per NCHW input x (N, C, H, W), weight (K, C / groups, R, S) and bias (K,):
+Math and layers: see the package docstring (``replab_fast.kernels.conv2d``). Importing this
+module loads the extension (``replab_fast._extension.load()``, which raises ``ImportError``
+saying how to build when it is missing, stale or built for another torch).
 
-    z = conv2d(x, weight, bias; stride, padding, dilation, groups)          (N, K, OH, OW)
-    a = act(z)      none | relu | tanh | scaled_tanh = 1.7159 * tanh(2/3 z) (LeCun et al. 1998, App. A)
-    y = pool(a)     none | max | avg over a (kh, kw) window with stride (sh, sw), no padding,
-                    floor mode: F.max_pool2d / F.avg_pool2d
-
-The reference is ``conv2d_ref`` below: torch.nn.functional's conv2d, the activation and the
-pooling, one after another (the chain the reference models run). The kernels are ours
-(csrc/conv2d.cpp for the CPU, csrc/conv2d_cuda.cu for CUDA); no cuDNN, oneDNN or at::conv2d.
-
-Layers, as in every kernel file (shared/GUIDE.md section 1):
-1. kernels: C++ / CUDA in csrc/, registered with ``TORCH_LIBRARY(replab_fast, ...)`` (the schema,
-   once) and ``TORCH_LIBRARY_IMPL(replab_fast, CPU / CUDA, ...)``; loaded by
-   ``replab_fast._extension.load()``, which raises ``ImportError`` saying how to build when the
-   extension is missing or stale. Importing this module loads it.
-2. ops ``torch.ops.replab_fast.conv2d`` -> (y, preact) and ``conv2d_backward``; here they get
-   their fake (meta) implementations (``register_fake``) and the autograd formula
-   (``register_autograd``), so they run under ``torch.compile`` and pass ``opcheck``.
-3. ``conv2d``: the functional (``replab_fast.ops.conv2d`` is this function): normalizes the
-   arguments, and asks the forward to save z only when a gradient will be needed and an
-   activation or pooling is fused (the backward recomputes a, and the max-pool argmax, from z:
-   one saved tensor the size of the conv output, no index tensor).
-4. the drop-in modules in replab_fast/nn/conv.py.
+``conv2d`` normalizes the arguments, and asks the forward to save z only when a gradient will be
+needed and an activation or pooling is fused (the backward recomputes a, and the max-pool argmax,
+from z: one saved tensor the size of the conv output, no index tensor).
 
 Backward (the op ``conv2d_backward``): dz = act'(z) * unpool(dy) (max: all of a window's gradient
 to its first maximum in row-major order, as torch's max_pool2d; avg: 1/(kh kw) to each element;
@@ -39,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _extension
+from ... import _extension
 
 _extension.load()  # registers torch.ops.replab_fast.conv2d*; ImportError with the build command if missing
 
-__all__ = ["ACTIVATIONS", "POOLS", "conv2d", "conv2d_ref", "normalize_pool", "conv_output_size"]
+__all__ = ["ACTIVATIONS", "POOLS", "conv2d", "conv_output_size", "normalize_pool", "resolve_padding"]
 
 ACTIVATIONS = (None, "relu", "tanh", "scaled_tanh")
 POOLS = (None, "max", "avg")
-SCALED_TANH_A = 1.7159  # LeCun et al. 1998, Appendix A: f(a) = A tanh(S a)
-SCALED_TANH_S = 2.0 / 3.0
 
 IntPair = Union[int, Sequence[int]]
 PoolSpec = Optional[tuple]  # None, (kind, kernel) or (kind, kernel, stride); kernel/stride int or pair
@@ -166,40 +148,6 @@ def conv2d(
         pool_stride, bool(fused and needs_grad),
     )  # fmt: skip
     return out
-
-
-def activation_ref(z: Tensor, activation: Optional[str]) -> Tensor:
-    """The activation of the reference chain, in torch ops."""
-    if activation is None:
-        return z
-    if activation == "relu":
-        return F.relu(z)
-    if activation == "tanh":
-        return torch.tanh(z)
-    if activation == "scaled_tanh":  # as replab_fast.models.lenet.ScaledTanh
-        return SCALED_TANH_A * torch.tanh(SCALED_TANH_S * z)
-    raise ValueError(f"unknown activation {activation!r}")
-
-
-def conv2d_ref(
-    x: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: IntPair = 1,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
-    groups: int = 1,
-    activation: Optional[str] = None,
-    pool: PoolSpec = None,
-) -> Tensor:
-    """The reference chain: F.conv2d, then the activation, then F.max_pool2d / F.avg_pool2d."""
-    y = activation_ref(F.conv2d(x, weight, bias, stride, padding, dilation, groups), activation)
-    kind, kernel, pool_stride = normalize_pool(pool)
-    if kind == "max":
-        y = F.max_pool2d(y, kernel, pool_stride)
-    elif kind == "avg":
-        y = F.avg_pool2d(y, kernel, pool_stride)
-    return y
 
 
 # --------------------------------------------------------------------------------------------
