@@ -52,7 +52,7 @@ demo: install
 test: install-test
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# Benchmarks (bench/, pytest-benchmark; see bench/harness.py for the method).
+# Benchmarks (bench/, pytest-benchmark; see bench/__init__.py for the method).
 # `make bench`: any machine; writes bench/results/local/bench_<date>.json and .md, git-ignored (a
 #   CPU or ad-hoc run is never a committed result). On a CPU it runs the model baselines and skips
 #   the GPU cases with a reason. Extra pytest arguments: BENCH_ARGS="--quick -k llama".

@@ -19,7 +19,9 @@ from typing import Any, Optional
 import pytest
 import torch
 
-from bench.harness import BenchContext, environment, expected_copy_gbps, resolve_device
+from bench.ceilings import expected_copy_gbps
+from bench.context import BenchContext, resolve_device
+from bench.environment import environment
 
 try:  # fail early and clearly: every case here needs pytest-benchmark's `benchmark` fixture
     import pytest_benchmark  # noqa: F401
@@ -147,5 +149,5 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
         "elapsed_s": round(ctx.elapsed(), 1) if ctx else None,
         "device": ctx.device.type if ctx else None,
         "skipped": list(_SKIPS),
-        "timing": "per-repetition CUDA events (perf_counter on a CPU); see bench/harness.py",
+        "timing": "per-repetition CUDA events (perf_counter on a CPU); see bench/__init__.py",
     }

@@ -38,7 +38,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.harness import BenchContext, bench_op, require, resolve_device, sdpa_backend
+from bench.context import BenchContext, resolve_device
+from bench.op_cases import bench_op
+from bench.providers import require, sdpa_backend
 from replab_fast.models.llama import attention_ref
 
 PROVIDERS = ("eager", "compile", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "replab_fast")

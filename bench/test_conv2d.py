@@ -1,5 +1,5 @@
 """Op-level benchmark of the fused convolution (issue 5): every provider side by side, through
-bench/harness.py.
+bench/op_cases.py.
 
 Cases: one reference conv layer with what follows it in the model, as an ``nn.Sequential`` of the
 reference modules, at several batch sizes:
@@ -42,7 +42,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.harness import BenchContext, bench_op, fast_drop_in, require, resolve_device
+from bench.context import BenchContext, resolve_device
+from bench.op_cases import bench_op
+from bench.providers import fast_drop_in, require
 from replab_fast.models.lenet import C3_TABLE, PartialConv2d, ScaledTanh
 
 PROVIDERS = ("eager", "compile", "replab_fast")

@@ -1,4 +1,4 @@
-"""The device's ceilings, as their own cases, and the harness's stability self-check.
+"""The device's ceilings, as their own cases, and the timing method's stability self-check.
 
 - ceiling/copy: a device-to-device copy of a 1 GiB float32 buffer (64 MiB on a CPU), counting
   bytes read plus bytes written. The acceptance: within 15% of what such a GPU's copy moves
@@ -19,7 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.harness import BenchContext, expected_copy_gbps, first_call, measure, plan_inputs, record
+from bench.ceilings import expected_copy_gbps
+from bench.context import BenchContext
+from bench.records import record
+from replab_fast.timing import first_call, measure, plan_inputs
 
 STABILITY_LIMIT = 0.03  # the acceptance: medians of the same case, timed twice, within 3%
 COPY_TOLERANCE = 0.15  # the acceptance: copy bandwidth within 15% of the GPU's known rate

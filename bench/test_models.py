@@ -19,7 +19,7 @@ ends in minutes. On a CPU torch.compile runs only for the families marked ``cpu_
 (cold compiles of the others take minutes on a small CPU); REPLAB_BENCH_CPU_COMPILE=1 runs all.
 
 Timing: steady state, repetitions back to back, each between two CUDA events (see
-bench/harness.py); the host's share of a step is part of what is measured.
+bench/__init__.py); the host's share of a step is part of what is measured.
 """
 
 from __future__ import annotations
@@ -35,18 +35,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bench.harness import (
-    BenchContext,
-    count_flops,
-    fast_drop_in,
-    first_call,
-    measure,
-    peak_memory,
-    record,
-    require,
-    resolve_device,
-)
+from bench.context import BenchContext, resolve_device
+from bench.counting import count_flops, peak_memory
+from bench.providers import fast_drop_in, require
+from bench.records import record
 from replab_fast.models.registry import create_model, get_spec, list_models
+from replab_fast.timing import first_call, measure
 
 PROVIDERS = ("eager", "compile", "torch", "replab_fast")
 FAMILY_PRIORITY = ["llama", "lstm", "alexnet", "lenet5", "conv-autoencoder", "autoencoder"]

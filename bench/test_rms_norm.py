@@ -1,4 +1,4 @@
-"""Op-level benchmark of RMSNorm (issue 4): every provider side by side, through bench/harness.py.
+"""Op-level benchmark of RMSNorm (issue 4): every provider side by side, through bench/op_cases.py.
 
 Case: x (M, N) -> RMSNorm over the last dimension with a weight (N,), M = 4096 rows, a sweep over
 the hidden size N in {1024, 2048, 4096, 8192, 16384}, bfloat16 and float32, modes forward,
@@ -28,7 +28,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.harness import MODES, BenchContext, bench_op, fast_drop_in, require, resolve_device
+from bench.context import BenchContext, resolve_device
+from bench.op_cases import MODES, bench_op
+from bench.providers import fast_drop_in, require
 from replab_fast.models.llama import RMSNorm
 
 PROVIDERS = ("eager", "compile", "torch", "liger", "replab_fast")

@@ -28,7 +28,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.harness import BenchContext, bench_op, require, resolve_device
+from bench.context import BenchContext, resolve_device
+from bench.op_cases import bench_op
+from bench.providers import require
 from replab_fast.models.llama import apply_rope_complex, precompute_freqs_cis, precompute_rope
 
 PROVIDERS = ("eager", "compile", "liger", "replab_fast")

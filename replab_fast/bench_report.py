@@ -1,7 +1,7 @@
 """Render benchmark results: the markdown table, sweep plots and the README's performance section.
 
 Input: the JSON pytest-benchmark writes with ``--benchmark-json`` for the bench/ suite (each case's
-numbers are in its ``extra_info``; see bench/harness.py), or the JSON-lines file the suite appends
+numbers are in its ``extra_info``; see bench/records.py), or the JSON-lines file the suite appends
 to as it goes (``--bench-jsonl``), for a run cut short before pytest-benchmark wrote its JSON.
 
     replab-fast bench-report bench/results/h100_2026-11-21_0930/bench.json          # table to stdout
@@ -312,7 +312,7 @@ def _ceilings_line(run: BenchRun) -> str:
 
 
 def acceptance_checks(run: BenchRun) -> list[str]:
-    """The harness's acceptance, read off the run: copy bandwidth vs the GPU's known rate, stability."""
+    """The suite's acceptance, read off the run: copy bandwidth vs the GPU's known rate, stability."""
     if not run.gpu:
         return ["GPU verification pending: this run is on a CPU; the GPU checks (copy bandwidth within 15% of "
                 "the GPU's known rate, the same case timed twice within 3%) need `make gpu-check` on a GPU."]  # fmt: skip
