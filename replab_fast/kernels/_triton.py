@@ -18,9 +18,11 @@ Rules the kernels follow for this to work (checked on triton 3.6's and 3.9's sou
   ``tl.interleave``): those were decorated at import as compiled handles, which the interpreter
   cannot call. Sums are written ``tl.reduce(x, axis, tl.standard._sum_combine)``, which is what
   ``tl.sum`` does for a float input, and which the interpreter recognises and runs as ``np.sum``.
-- Loops over run-time bounds are ``while`` loops: triton 3.6's interpreter turns a ``range()``
-  bound into an int with ``int(array)``, which numpy >= 2.4 refuses for its 1-element arrays
-  (3.9 squeezes first). ``range`` over constexprs is fine.
+- Loops over run-time bounds go through ``block_loop`` (a ``range`` loop compiled, a ``while``
+  loop interpreted): triton 3.6's interpreter turns a ``range()`` bound into an int with
+  ``int(array)``, which numpy >= 2.4 refuses for its 1-element arrays (3.9 squeezes first).
+  ``range`` over constexprs is fine; a plain ``while`` loop is fine where nothing is to be
+  pipelined.
 - No nested ``def`` in a kernel (the interpreter re-parses the source from the last ``def``).
 - Dtype choices through constexpr flags (``IS_FP64``), not dtype-valued kernel arguments.
 - Device functions shared by kernels are declared with ``device_function`` (a ``JITFunction``
@@ -61,6 +63,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 __all__ = [
+    "block_loop",
     "device_function",
     "cast_for_store",
     "interpreted",
@@ -132,6 +135,29 @@ def cast_for_store(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
         return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(dtype)
+
+
+@device_function
+def block_loop(STEP: tl.constexpr, state, args, lo, hi, BLOCK: tl.constexpr, FLAGS: tl.constexpr,
+               INTERPRETED: tl.constexpr):  # fmt: skip
+    """``state = STEP(state, args, start, FLAGS)`` for start = lo, lo + BLOCK, ... below hi; returns
+    the final state. ``STEP`` is a device function; ``state`` and ``args`` are tuples (the loop's
+    carried values and its loop-invariant inputs), ``FLAGS`` a tuple of constexprs for the step.
+
+    The one place a kernel's loop over run-time bounds is written. Compiled, it is a ``range``
+    loop, which Triton software-pipelines (``num_stages``: the loads of the next blocks overlap
+    the current block's products; a ``while`` loop it does not pipeline). Interpreted, a
+    ``while`` loop: triton 3.6's interpreter turns a ``range`` bound into an int with
+    ``int(array)``, which numpy >= 2.4 refuses for its 1-element arrays (3.9 squeezes first)."""
+    if INTERPRETED:
+        start = lo
+        while start < hi:
+            state = STEP(state, args, start, FLAGS)
+            start += BLOCK
+    else:
+        for start in range(lo, hi, BLOCK):
+            state = STEP(state, args, start, FLAGS)
+    return state
 
 
 def launch(kernel: Any, grid: Sequence[Any], device: torch.device, *args: Any, **kwargs: Any) -> None:

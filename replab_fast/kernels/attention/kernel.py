@@ -4,7 +4,7 @@ share (the math is in the package docstring, ``replab_fast.kernels.attention``).
 import triton
 import triton.language as tl
 
-from .._triton import cast_for_store, device_function
+from .._triton import block_loop, cast_for_store, device_function
 
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2): fp64's lse conversions, in the kernels
 # (a kernel reads a module-level global only if it is a tl.constexpr, compiled and interpreted)
@@ -81,29 +81,27 @@ def _probs(x, lse_hi, lse_lo, IS_FP64: tl.constexpr):
 
 
 @device_function
-def _fwd_step(
-    acc,  # (BLOCK_M, BLOCK_D) running unnormalized output, compute dtype
-    l_i,  # (BLOCK_M,) running sum of exponentials
-    m_i,  # (BLOCK_M,) running max of the scaled scores (exponent domain)
-    q,  # (BLOCK_M, BLOCK_D) queries, input dtype
-    k_base,  # pointer to key 0 of this (sequence, KV head)
-    v_base,  # pointer to value 0 of this (sequence, KV head)
-    k_stride_s,  # elements between keys
-    v_stride_s,  # elements between values
-    rows,  # (BLOCK_M,) query row index t of each tile row
-    d,  # (BLOCK_D,) head-dim offsets
-    d_mask,  # (BLOCK_D,) d < HEAD_DIM
-    start_n,  # first key of this block
-    seq_k,  # S
-    causal_offset,  # S - T: row t sees keys j <= t + S - T
-    qk_scale,  # scale, times log2(e) unless IS_FP64
-    BLOCK_N: tl.constexpr,  # keys per block
-    MASKED: tl.constexpr,  # apply the key-bounds and causal masks (diagonal / last blocks)
-    CAUSAL: tl.constexpr,  # causal attention
-    IS_FP64: tl.constexpr,  # fp64 compute with exp, else fp32 with exp2
-    INTERPRETED: tl.constexpr,  # running under Triton's interpreter (see cast_for_store)
-):
-    """One online-softmax update (FlashAttention-2) with the key block at start_n."""
+def _fwd_step(state, args, start_n, FLAGS: tl.constexpr):
+    """One online-softmax update (FlashAttention-2) with the key block at start_n; a ``block_loop`` step.
+
+    state: (acc, l_i, m_i): acc (BLOCK_M, BLOCK_D) the running unnormalized output (compute
+        dtype), l_i (BLOCK_M,) the running sum of exponentials, m_i (BLOCK_M,) the running max
+        of the scaled scores (exponent domain).
+    args: (q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, seq_k, causal_offset,
+        qk_scale): the (BLOCK_M, BLOCK_D) queries; pointers to key and value 0 of this (sequence,
+        KV head) and the elements between keys / values; each tile row's query index t; the
+        head-dim offsets and d < HEAD_DIM; S; S - T (row t sees keys j <= t + S - T); the scale,
+        times log2(e) unless IS_FP64.
+    FLAGS: (BLOCK_N keys per block, MASKED: apply the key-bounds and causal masks (diagonal /
+        last blocks), CAUSAL, IS_FP64: fp64 compute with exp, else fp32 with exp2, INTERPRETED).
+    """
+    BLOCK_N: tl.constexpr = FLAGS[0]
+    MASKED: tl.constexpr = FLAGS[1]
+    CAUSAL: tl.constexpr = FLAGS[2]
+    IS_FP64: tl.constexpr = FLAGS[3]
+    INTERPRETED: tl.constexpr = FLAGS[4]
+    acc, l_i, m_i = state
+    q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, seq_k, causal_offset, qk_scale = args
     n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     n64 = n.to(tl.int64)
     kv_mask = (n < seq_k)[:, None] & d_mask[None, :]
@@ -127,36 +125,6 @@ def _fwd_step(
     pv = _dot(cast_for_store(p, v.dtype, INTERPRETED), v, INTERPRETED)
     acc = acc * alpha[:, None] + pv.to(acc.dtype)
     return acc, l_i, m_new
-
-
-@device_function
-def _fwd_inner(
-    acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask,
-    lo,  # first key of the loop (a multiple of BLOCK_N)
-    hi,  # end of the loop
-    seq_k, causal_offset, qk_scale,
-    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IS_FP64: tl.constexpr,
-    INTERPRETED: tl.constexpr,
-):  # fmt: skip
-    """``_fwd_step`` over the key blocks [lo, hi) (arguments as there). Compiled: a ``range`` loop,
-    which Triton software-pipelines (``num_stages``; a ``while`` loop it does not). Interpreted:
-    a ``while`` loop (the rule in _triton.py: triton 3.6's interpreter cannot take run-time
-    ``range`` bounds with numpy >= 2.4)."""
-    if INTERPRETED:
-        start_n = lo
-        while start_n < hi:
-            acc, l_i, m_i = _fwd_step(
-                acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, start_n, seq_k,
-                causal_offset, qk_scale, BLOCK_N, MASKED, CAUSAL, IS_FP64, INTERPRETED,
-            )  # fmt: skip
-            start_n += BLOCK_N
-    else:
-        for start_n in range(lo, hi, BLOCK_N):
-            acc, l_i, m_i = _fwd_step(
-                acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, start_n, seq_k,
-                causal_offset, qk_scale, BLOCK_N, MASKED, CAUSAL, IS_FP64, INTERPRETED,
-            )  # fmt: skip
-    return acc, l_i, m_i
 
 
 @triton.jit
@@ -220,14 +188,11 @@ def _attention_fwd_kernel(
         full_end = seq_k
     full_end = (full_end // BLOCK_N) * BLOCK_N
     # Blocks every row sees in full: no mask arithmetic. Then the diagonal / last partial blocks.
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, 0, full_end, seq_k,
-        causal_offset, qk_scale, BLOCK_N, False, CAUSAL, IS_FP64, INTERPRETED,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, full_end, hi, seq_k,
-        causal_offset, qk_scale, BLOCK_N, True, CAUSAL, IS_FP64, INTERPRETED,
-    )  # fmt: skip
+    args = (q, k_base, v_base, k_stride_s, v_stride_s, rows, d, d_mask, seq_k, causal_offset, qk_scale)
+    acc, l_i, m_i = block_loop(_fwd_step, (acc, l_i, m_i), args, 0, full_end, BLOCK_N,
+                               (BLOCK_N, False, CAUSAL, IS_FP64, INTERPRETED), INTERPRETED)  # fmt: skip
+    acc, l_i, m_i = block_loop(_fwd_step, (acc, l_i, m_i), args, full_end, hi, BLOCK_N,
+                               (BLOCK_N, True, CAUSAL, IS_FP64, INTERPRETED), INTERPRETED)  # fmt: skip
 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -290,10 +255,9 @@ def _attention_decode_kernel(
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=cdt)
     lo = pid_split * split_len
     hi = tl.minimum(seq_k, lo + split_len)
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, k_stride_s, v_stride_s, t, d, d_mask, lo, hi, seq_k,
-        seq_k - seq_q, qk_scale, BLOCK_N, True, CAUSAL, IS_FP64, INTERPRETED,
-    )  # fmt: skip
+    args = (q, k_base, v_base, k_stride_s, v_stride_s, t, d, d_mask, seq_k, seq_k - seq_q, qk_scale)
+    acc, l_i, m_i = block_loop(_fwd_step, (acc, l_i, m_i), args, lo, hi, BLOCK_N,
+                               (BLOCK_N, True, CAUSAL, IS_FP64, INTERPRETED), INTERPRETED)  # fmt: skip
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = _saved_lse(m_i, l_safe, part_lse_ptr.dtype.element_ty, IS_FP64)
@@ -394,31 +358,26 @@ def _attention_bwd_preprocess_kernel(
 
 
 @device_function
-def _dkdv_step(
-    dk,  # (BLOCK_N, BLOCK_D) running dk / scale, compute dtype
-    dv,  # (BLOCK_N, BLOCK_D) running dv, compute dtype
-    k,  # (BLOCK_N, BLOCK_D) this program's keys
-    v,  # (BLOCK_N, BLOCK_D) this program's values
-    q_base,  # pointer to query 0 of this (sequence, query head)
-    do_base,  # pointer to row 0 of do for this (sequence, query head)
-    q_stride_t,  # elements between tokens of q
-    do_stride_t,  # elements between tokens of do
-    lse_row,  # pointer to lse[b, h, 0] (base 2)
-    delta_row,  # pointer to delta[b, h, 0]
-    start_m,  # first query of this block
-    n,  # (BLOCK_N,) key indices
-    n_mask,  # (BLOCK_N,) n < S
-    d,  # (BLOCK_D,) head-dim offsets
-    d_mask,  # (BLOCK_D,) d < HEAD_DIM
-    seq_q,  # T
-    causal_offset,  # S - T
-    qk_scale,  # scale, times log2(e) unless IS_FP64
-    BLOCK_M: tl.constexpr,  # queries per block
-    CAUSAL: tl.constexpr,  # causal attention
-    IS_FP64: tl.constexpr,  # fp64 compute with exp, else fp32 with exp2
-    INTERPRETED: tl.constexpr,  # running under Triton's interpreter
-):
-    """dv += P^T do and dk += dS^T q for one block of queries (P rebuilt from the saved lse)."""
+def _dkdv_step(state, args, start_m, FLAGS: tl.constexpr):
+    """dv += P^T do and dk += dS^T q for the block of queries at start_m (P rebuilt from the saved
+    lse); a ``block_loop`` step.
+
+    state: (dk, dv), (BLOCK_N, BLOCK_D) each, compute dtype: the running dk / scale and dv.
+    args: (k, v, q_base, do_base, q_stride_t, do_stride_t, lse_row, delta_row, n, n_mask, d,
+        d_mask, seq_q, causal_offset, qk_scale): this program's (BLOCK_N, BLOCK_D) keys and
+        values; pointers to query 0 and to row 0 of do of this (sequence, query head) and the
+        elements between their tokens; pointers to lse[b, h, 0] (base 2) and delta[b, h, 0]; the
+        key indices and n < S; the head-dim offsets and d < HEAD_DIM; T; S - T; the scale, times
+        log2(e) unless IS_FP64.
+    FLAGS: (BLOCK_M queries per block, CAUSAL, IS_FP64, INTERPRETED).
+    """
+    BLOCK_M: tl.constexpr = FLAGS[0]
+    CAUSAL: tl.constexpr = FLAGS[1]
+    IS_FP64: tl.constexpr = FLAGS[2]
+    INTERPRETED: tl.constexpr = FLAGS[3]
+    dk, dv = state
+    k, v, q_base, do_base, q_stride_t, do_stride_t, lse_row, delta_row, n, n_mask, d, d_mask, seq_q, causal_offset, \
+        qk_scale = args  # fmt: skip
     cdt = tl.float64 if IS_FP64 else tl.float32
     m = start_m + tl.arange(0, BLOCK_M)
     m64 = m.to(tl.int64)
@@ -442,31 +401,25 @@ def _dkdv_step(
 
 
 @device_function
-def _dq_step(
-    dq,  # (BLOCK_M, BLOCK_D) running dq / scale, compute dtype
-    q,  # (BLOCK_M, BLOCK_D) this program's queries
-    do,  # (BLOCK_M, BLOCK_D) their output gradients
-    lse_hi,  # (BLOCK_M,) their lse (base 2) = lse_hi + lse_lo, as _lse_parts splits it, compute dtype
-    lse_lo,  # (BLOCK_M,) the low part (0 unless the lse was saved in fp64 for fp32 inputs)
-    delta,  # (BLOCK_M,) their delta, compute dtype
-    k_base,  # pointer to key 0 of this (sequence, KV head)
-    v_base,  # pointer to value 0 of this (sequence, KV head)
-    k_stride_s,  # elements between keys
-    v_stride_s,  # elements between values
-    start_n,  # first key of this block
-    m,  # (BLOCK_M,) query indices
-    m_mask,  # (BLOCK_M,) m < T
-    d,  # (BLOCK_D,) head-dim offsets
-    d_mask,  # (BLOCK_D,) d < HEAD_DIM
-    seq_k,  # S
-    causal_offset,  # S - T
-    qk_scale,  # scale, times log2(e) unless IS_FP64
-    BLOCK_N: tl.constexpr,  # keys per block
-    CAUSAL: tl.constexpr,  # causal attention
-    IS_FP64: tl.constexpr,  # fp64 compute with exp, else fp32 with exp2
-    INTERPRETED: tl.constexpr,  # running under Triton's interpreter
-):
-    """dq += dS k for one block of keys."""
+def _dq_step(state, args, start_n, FLAGS: tl.constexpr):
+    """dq += dS k for the block of keys at start_n; a ``block_loop`` step.
+
+    state: (dq,), (BLOCK_M, BLOCK_D), compute dtype: the running dq / scale.
+    args: (q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, m, m_mask, d,
+        d_mask, seq_k, causal_offset, qk_scale): this program's (BLOCK_M, BLOCK_D) queries and
+        their output gradients; their lse (base 2) = lse_hi + lse_lo as ``_lse_parts`` splits it,
+        and delta, compute dtype; pointers to key and value 0 of this (sequence, KV head) and the
+        elements between keys / values; the query indices and m < T; the head-dim offsets and
+        d < HEAD_DIM; S; S - T; the scale, times log2(e) unless IS_FP64.
+    FLAGS: (BLOCK_N keys per block, CAUSAL, IS_FP64, INTERPRETED).
+    """
+    BLOCK_N: tl.constexpr = FLAGS[0]
+    CAUSAL: tl.constexpr = FLAGS[1]
+    IS_FP64: tl.constexpr = FLAGS[2]
+    INTERPRETED: tl.constexpr = FLAGS[3]
+    (dq,) = state
+    q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, m, m_mask, d, d_mask, seq_k, \
+        causal_offset, qk_scale = args  # fmt: skip
     cdt = tl.float64 if IS_FP64 else tl.float32
     n = start_n + tl.arange(0, BLOCK_N)
     n64 = n.to(tl.int64)
@@ -482,7 +435,7 @@ def _dq_step(
     dp = _dot(do, tl.trans(v), INTERPRETED).to(cdt)
     ds = p * (dp - delta[:, None])
     dq += _dot(cast_for_store(ds, k.dtype, INTERPRETED), k, INTERPRETED).to(cdt)
-    return dq
+    return (dq,)
 
 
 @triton.jit
@@ -552,22 +505,10 @@ def _attention_bwd_dkdv_kernel(
         q_base = q_ptr + b * q_stride_b + h * q_stride_h
         do_base = do_ptr + b * do_stride_b + h * do_stride_h
         stats_base = (b * n_q_heads + h) * seq_q
-        if INTERPRETED:
-            start_m = lo
-            while start_m < seq_q:
-                dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, q_stride_t, do_stride_t, lse_ptr + stats_base,
-                    delta_ptr + stats_base, start_m, n, n_mask, d, d_mask, seq_q, causal_offset, qk_scale,
-                    BLOCK_M, CAUSAL, IS_FP64, INTERPRETED,
-                )  # fmt: skip
-                start_m += BLOCK_M
-        else:
-            for start_m in range(lo, seq_q, BLOCK_M):
-                dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, q_stride_t, do_stride_t, lse_ptr + stats_base,
-                    delta_ptr + stats_base, start_m, n, n_mask, d, d_mask, seq_q, causal_offset, qk_scale,
-                    BLOCK_M, CAUSAL, IS_FP64, INTERPRETED,
-                )  # fmt: skip
+        args = (k, v, q_base, do_base, q_stride_t, do_stride_t, lse_ptr + stats_base, delta_ptr + stats_base, n,
+                n_mask, d, d_mask, seq_q, causal_offset, qk_scale)
+        dk, dv = block_loop(_dkdv_step, (dk, dv), args, lo, seq_q, BLOCK_M, (BLOCK_M, CAUSAL, IS_FP64, INTERPRETED),
+                            INTERPRETED)  # fmt: skip
         g += 1
     dk = dk * sm_scale
     out_offs = ((b * seq_k + n64[:, None]) * n_kv_heads + hk) * HEAD_DIM + d[None, :]
@@ -643,20 +584,9 @@ def _attention_bwd_dq_kernel(
     else:
         hi = seq_k
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=cdt)
-    if INTERPRETED:
-        start_n = 0
-        while start_n < hi:
-            dq = _dq_step(
-                dq, q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d,
-                d_mask, seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
-            )  # fmt: skip
-            start_n += BLOCK_N
-    else:
-        for start_n in range(0, hi, BLOCK_N):
-            dq = _dq_step(
-                dq, q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, start_n, m, m_mask, d,
-                d_mask, seq_k, causal_offset, qk_scale, BLOCK_N, CAUSAL, IS_FP64, INTERPRETED,
-            )  # fmt: skip
+    args = (q, do, lse_hi, lse_lo, delta, k_base, v_base, k_stride_s, v_stride_s, m, m_mask, d, d_mask, seq_k,
+            causal_offset, qk_scale)
+    (dq,) = block_loop(_dq_step, (dq,), args, 0, hi, BLOCK_N, (BLOCK_N, CAUSAL, IS_FP64, INTERPRETED), INTERPRETED)
     dq = dq * sm_scale
     out_offs = ((b * seq_q + m64[:, None]) * n_q_heads + h64) * HEAD_DIM + d[None, :]
     tl.store(dq_ptr + out_offs, cast_for_store(dq, dq_ptr.dtype.element_ty, INTERPRETED), mask=qd_mask)
