@@ -12,7 +12,7 @@ impossible):
     |fast - exact|_max  <=  2 |reference - exact|_max  +  FLOORS[dtype] * max(1, |exact|_max)
 
 float64 against float64 differs only in summation order: FLOORS[float64] alone bounds it. The
-tests (replab_fast.testing.assert_parity) and ``replab-fast demo`` apply this one rule.
+tests (``assert_parity`` in tests/support.py) and ``replab-fast demo`` apply this one rule.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 import pytest
 
-from replab_fast.testing import poisoned_memory
+from support import poisoned_memory
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ import torch
 from replab_fast import ops
 from replab_fast.kernels.attention.launch import AttentionConfig, attention_backward, attention_forward, with_config
 from replab_fast.models.llama import attention_ref
-from replab_fast.testing import DEVICES, assert_parity, random_tensor
+from support import DEVICES, assert_parity, hopper_toolchain_reason, local_memory_bytes, random_tensor
 
 FP32_RTOL = 2e-5
 SMALL_BLOCKS = AttentionConfig(
@@ -517,8 +517,6 @@ def test_compiled_path_builds_for_hopper(case):
     and cp.async software pipelining of the key/query loops, with no register spills up to
     D = 128. (D = 256 and float32, whose 3xTF32 products triple the operand registers, spill:
     correct, not tuned.)"""
-    from test_rms_norm import hopper_toolchain_reason, local_memory_bytes
-
     from replab_fast.kernels._triton import compile_for_cuda, record_launches
 
     reason = hopper_toolchain_reason()

@@ -32,7 +32,7 @@ import torch
 from replab_fast import _extension, ops
 from replab_fast.kernels.conv2d.op import conv2d, normalize_pool, resolve_padding
 from replab_fast.kernels.conv2d.reference import activation_ref, conv2d_ref
-from replab_fast.testing import assert_parity, random_tensor
+from support import assert_parity, random_tensor
 
 CUDA_REASON = "needs a CUDA device (the extension's CUDA kernels); this machine has none"
 ON_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)])

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from replab_fast import ops
-from replab_fast.testing import DEVICES, assert_parity, random_tensor
+from support import DEVICES, assert_parity, hopper_toolchain_reason, local_memory_bytes, random_tensor
 from replab_fast.kernels.rms_norm.launch import RMSNormConfig, rms_norm_backward, rms_norm_forward
 from replab_fast.kernels.rms_norm.reference import rms_norm_ref, rms_norm_residual_ref
 
@@ -321,37 +321,6 @@ def test_bad_residual_and_eps():
 # --------------------------------------------------------------------------------------------
 # The compiled (CUDA) path, built for Hopper without a GPU
 # --------------------------------------------------------------------------------------------
-
-
-def hopper_toolchain_reason():
-    import os
-
-    import triton
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    return None if os.path.exists(ptxas) else f"triton's bundled ptxas is not at {ptxas}"
-
-
-def local_memory_bytes(compiled):
-    """Stack (spill) bytes per thread from the cubin, via triton's bundled cuobjdump (None if absent)."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(tool):
-        return None
-    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-    try:
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
-    finally:
-        os.unlink(f.name)
-    match = re.search(r"STACK:(\d+)", out)
-    return int(match.group(1)) if match else None
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from replab_fast import ops
-from replab_fast.testing import DEVICES, assert_parity, random_tensor
+from support import DEVICES, assert_parity, random_tensor
 from replab_fast.kernels.rope.launch import RopeConfig, rope_forward
 from replab_fast.kernels.rope.reference import rope_ref
 from replab_fast.models.llama import precompute_rope

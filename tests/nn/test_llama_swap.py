@@ -26,7 +26,7 @@ import replab_fast
 from replab_fast import nn as fast_nn
 from replab_fast.models import llama as reference
 from replab_fast.swap import swapped_kernels
-from replab_fast.testing import DEVICES
+from support import DEVICES
 
 FAST_CLASSES = (fast_nn.RMSNorm, fast_nn.Attention, fast_nn.TransformerBlock)
 

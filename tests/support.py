@@ -1,4 +1,4 @@
-"""Helpers for parity tests, used by the test suite.
+"""What the tests share: parity helpers and the checks of the compiled CUDA path.
 
 - ``DEVICES``: parametrize over CPU (Triton's interpreter) and CUDA, the CUDA case skipped with
   a stated reason where there is no GPU.
@@ -8,19 +8,27 @@
   reference's own error at that dtype + a small floor.
 - ``poisoned_memory``: every ``torch.empty`` is filled with NaN, so an output element a kernel
   never writes fails the test.
+- ``hopper_toolchain_reason``, ``local_memory_bytes``: for the tests that compile the Triton
+  kernels for sm_90 without a GPU (triton's bundled ptxas and cuobjdump).
+
+Test files import it as ``support`` (pyproject's pytest ``pythonpath`` holds tests/).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
+import tempfile
 from typing import Iterator, Optional
 
 import pytest
 import torch
 from torch import Tensor
 
-from . import parity
-from .parity import FLOORS, magnitude, max_abs_error
+from replab_fast import parity
+from replab_fast.parity import FLOORS, magnitude, max_abs_error
 
 CUDA_REASON = "needs a CUDA device (the compiled Triton kernels); this machine has none"
 DEVICES = [
@@ -76,3 +84,28 @@ def poisoned_memory() -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def hopper_toolchain_reason() -> Optional[str]:
+    """Why the sm_90 compile checks cannot run here (triton's bundled ptxas missing), or None."""
+    import triton
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return None if os.path.exists(ptxas) else f"triton's bundled ptxas is not at {ptxas}"
+
+
+def local_memory_bytes(compiled):
+    """Stack (spill) bytes per thread from the cubin, via triton's bundled cuobjdump (None if absent)."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"STACK:(\d+)", out)
+    return int(match.group(1)) if match else None
