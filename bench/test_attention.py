@@ -1,4 +1,4 @@
-"""Op-level benchmark of fused attention (issue 6), every provider side by side.
+"""Op-level benchmark of fused attention, every provider side by side.
 
 Training cases: q, k, v (B, T, H, D), bfloat16, B * T = 16384 tokens and H * D = 2048 (the
 FlashAttention papers' setup: B = 32 at T = 512 down to B = 1 at T = 16k, so B * H fills the
@@ -24,7 +24,7 @@ bfloat16, forward (inference, no autograd): the latency of one token's attention
 ``enable_gqa=True``; a backend that refuses it is skipped with its error as the reason. Bytes:
 K and V read once (2 B S Hk D 2), the floor of a memory-bound op.
 
-Targets (issue 6, read off a GPU run, never asserted): forward, causal, D = 128, T >= 4k:
+Targets (read off a GPU run, never asserted): forward, causal, D = 128, T >= 4k:
 >= 450 TFLOP/s and at least sdpa-flash; backward >= 0.9x sdpa-flash; decode at S = 32k at least
 as fast as SDPA; peak memory linear in T. GPU only: skipped on a CPU (the interpreter would take
 hours).

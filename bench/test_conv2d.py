@@ -1,4 +1,4 @@
-"""Op-level benchmark of the fused convolution (issue 5): every provider side by side, through
+"""Op-level benchmark of the fused convolution: every provider side by side, through
 bench/op_cases.py.
 
 Cases: one reference conv layer with what follows it in the model, as an ``nn.Sequential`` of the
@@ -27,7 +27,7 @@ bias and writes the (pooled) output; full adds the backward's reads of dy, x and
 its writes of dx, dweight and dbias. FLOPs: 2 N K OH OW (C/g) R S forward, three times that for
 full. Both are recorded; the floor is the larger of bytes / copy rate and FLOPs / matmul rate.
 
-Targets (issue 5, read off a GPU run, never asserted): LeNet-5's fused layers at batch 1024 at least
+Targets (read off a GPU run, never asserted): LeNet-5's fused layers at batch 1024 at least
 2x faster than eager; AlexNet's layers in bfloat16 at least 0.7x eager (cuDNN, tensor cores); on
 a CPU, within 3x of eager at the LeNet shapes. GPU verification pending: no GPU run is committed.
 """

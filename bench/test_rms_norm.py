@@ -1,4 +1,4 @@
-"""Op-level benchmark of RMSNorm (issue 4): every provider side by side, through bench/op_cases.py.
+"""Op-level benchmark of RMSNorm: every provider side by side, through bench/op_cases.py.
 
 Case: x (M, N) -> RMSNorm over the last dimension with a weight (N,), M = 4096 rows, a sweep over
 the hidden size N in {1024, 2048, 4096, 8192, 16384}, bfloat16 and float32, modes forward,
@@ -15,7 +15,7 @@ Bytes (the fewest each mode must move, elements of size s): forward reads x and 
 full is both, (5MN + 3N) s. The FLOPs (about 4MN each way) are negligible: the floor is
 bytes / copy bandwidth.
 
-Targets (issue 4, read off a GPU run, never asserted): bfloat16 forward at >= 85% of the measured
+Targets (read off a GPU run, never asserted): bfloat16 forward at >= 85% of the measured
 copy bandwidth for N >= 4096 (``frac_ceiling`` in the record); the full pass at least as fast as
 the best of torch, compile and liger at every N.
 

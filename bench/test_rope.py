@@ -1,4 +1,4 @@
-"""Op-level benchmark of RoPE on queries and keys (issue 4), every provider side by side.
+"""Op-level benchmark of RoPE on queries and keys, every provider side by side.
 
 Case: q (B, T, Hq, D) and k (B, T, Hk, D) rotated by the angles of T positions, B = 4,
 T in {1024, 4096, 8192}, Hq = 32, Hk in {32, 8} (multi-head and grouped-query), D = 128,
@@ -19,7 +19,7 @@ dy into views of it in ``backward``: no extra kernel (no concatenation) is timed
 Bytes: forward reads q, k and the tables and writes q_rot, k_rot: 2 B T (Hq + Hk) D s + 2 T (D/2) 4
 (fp32 tables); backward the same with the gradients. FLOPs (6 per pair) are negligible.
 
-Target (issue 4, read off a GPU run, never asserted): forward >= 80% of the measured copy
+Target (read off a GPU run, never asserted): forward >= 80% of the measured copy
 bandwidth and faster than every other provider. GPU only: skipped on a CPU.
 """
 

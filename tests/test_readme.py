@@ -76,3 +76,24 @@ def test_the_performance_section_is_the_newest_committed_result():
     if run is None:
         assert "No GPU benchmark result is committed yet" in text
         assert "No run is committed under `bench/results/` yet" in section("Benchmarks")
+
+
+def test_every_path_in_the_layout_exists():
+    block = section("Layout").split("```")[1]
+    parents: list[str] = []
+    missing = []
+    for line in block.splitlines():
+        stripped = line.strip()
+        if not stripped or "<" in stripped.split()[0]:
+            continue
+        indent = (len(line) - len(line.lstrip())) // 2
+        name = stripped.split()[0].rstrip(",")
+        if not re.fullmatch(r"[\w.\-]+/?", name) or not ("/" in name or "." in name):
+            continue
+        parents = parents[:indent]
+        path = "".join(parents) + name
+        if not (ROOT / path).exists():
+            missing.append(path)
+        if name.endswith("/"):
+            parents.append(name)
+    assert not missing, f"the README's Layout names paths that do not exist: {missing}"
