@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..generation import Sampling, decode
 from .config import PresetConfig
 from .registry import Family, OverfitRecipe
 
@@ -527,41 +528,29 @@ class Llama(nn.Module):
 
     # ---- generation -------------------------------------------------------------------------
 
-    @staticmethod
-    def _sample(logits: Tensor, temperature: float, top_k: Optional[int], generator) -> Tensor:
-        """logits (B, vocab) -> next token ids (B,): argmax at temperature 0, else top-k sampling."""
-        if temperature == 0.0:
-            return logits.argmax(dim=-1)  # (B,)
-        logits = logits / temperature  # (B, vocab)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
-
     @torch.no_grad()
-    def generate(
+    def stream(
         self,
         prompt: Tensor,
         max_new_tokens: int,
         *,
         temperature: float = 0.0,
         top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
-    ) -> Tensor:
-        """Continue ``prompt`` (B, T0) by ``max_new_tokens``: prefill, then KV-cache decoding.
-
-        temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to
-        the ``top_k`` most likely tokens when given (``generator`` on the model's device).
-        Returns (B, T0 + max_new_tokens). Sets up the KV cache when it is missing or too small.
+        eos_id: Optional[int] = None,
+    ) -> Iterator[Tensor]:
+        """Continue ``prompt`` (B, T0): yield each new token (B,) as it is drawn. Prefill, then
+        KV-cache decoding, one token at a time; the sampling rules are ``replab_fast.generation``'s
+        (temperature 0 is greedy; top-k, then temperature, then top-p; ``generator`` on the
+        model's device). With ``eos_id`` a sequence stops at that token (it repeats from then on)
+        and the stream ends when every sequence has stopped. Sets up the KV cache when it is
+        missing or too small.
         """
         self._validate_tokens(prompt, None)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        sampling = Sampling(temperature, top_k, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not temperature >= 0.0:
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"generate: top_k must be a positive int or None, got {top_k!r}")
         B, T0 = prompt.shape
         total = T0 + max_new_tokens
         if total > self.config.max_seq_len:
@@ -569,20 +558,25 @@ class Llama(nn.Module):
                 f"generate: prompt length + max_new_tokens = {T0} + {max_new_tokens} = {total} exceeds "
                 f"max_seq_len={self.config.max_seq_len}"
             )
-        out = torch.empty(B, total, dtype=torch.long, device=prompt.device)  # (B, T0 + new)
-        out[:, :T0] = prompt
         if max_new_tokens == 0:
-            return out
+            return
         cache_shape = self.kv_cache_shape
         if cache_shape is None or cache_shape[0] < B or cache_shape[1] < total:
             self.setup_kv_cache(max_batch_size=B, max_seq_len=total)
         logits = self(prompt, start_pos=0)[:, -1]  # (B, vocab)
-        for i in range(max_new_tokens):
-            next_token = self._sample(logits, temperature, top_k, generator)  # (B,)
-            out[:, T0 + i] = next_token
-            if i + 1 < max_new_tokens:
-                logits = self(next_token[:, None], start_pos=T0 + i)[:, -1]  # (B, vocab)
-        return out
+
+        def step(tokens: Tensor, i: int) -> Tensor:
+            return self(tokens[:, None], start_pos=T0 + i)[:, -1]  # (B, vocab)
+
+        yield from decode(logits, step, max_new_tokens, sampling, generator=generator, eos_id=eos_id)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        """Continue ``prompt`` (B, T0) by up to ``max_new_tokens``: the token ids (B, T0 + n), n the
+        number drawn (``max_new_tokens``, or fewer when every sequence reached ``eos_id``).
+        Options as :meth:`stream`. Decode the ids with the tokenizer the model was trained with."""
+        new = list(self.stream(prompt, max_new_tokens, **sampling))
+        return torch.cat([prompt.long(), torch.stack(new, dim=1)], dim=1) if new else prompt.long().clone()
 
 
 # --------------------------------------------------------------------------------------------

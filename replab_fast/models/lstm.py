@@ -59,12 +59,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..generation import Sampling, decode
 from .config import PresetConfig
 from .registry import Batch, Family, OverfitRecipe
 
@@ -324,6 +325,41 @@ class LSTMLanguageModel(_LSTMStack):
 
     def forward(self, tokens: Tensor, state: Optional[State] = None) -> Tensor:
         return self.forward_with_state(tokens, state)[0]  # (B, T, V)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        eos_id: Optional[int] = None,
+    ) -> Iterator[Tensor]:
+        """Continue ``prompt`` (B, T0): yield each new token (B,) as it is drawn, the LSTM state
+        (h, c) carried from one step to the next (the prompt is read once). The sampling rules
+        are ``replab_fast.generation``'s, as LLaMA's (temperature 0 is greedy; top-k, then
+        temperature, then top-p; ``generator`` on the model's device); with ``eos_id`` a
+        sequence stops at that token. Dropout is active in training mode: call ``eval()`` first.
+        """
+        sampling = Sampling(temperature, top_k, top_p)
+        logits, state = self.forward_with_state(prompt)  # (B, T0, V)
+        carried = [state]
+
+        def step(tokens: Tensor, i: int) -> Tensor:
+            logits, carried[0] = self.forward_with_state(tokens[:, None], carried[0])  # (B, 1, V)
+            return logits[:, -1]  # (B, V)
+
+        yield from decode(logits[:, -1], step, max_new_tokens, sampling, generator=generator, eos_id=eos_id)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        """Continue ``prompt`` (B, T0) by up to ``max_new_tokens``: the token ids (B, T0 + n), n the
+        number drawn (fewer when every sequence reached ``eos_id``). Options as :meth:`stream`."""
+        new = list(self.stream(prompt, max_new_tokens, **sampling))
+        return torch.cat([prompt.long(), torch.stack(new, dim=1)], dim=1) if new else prompt.long().clone()
 
 
 class LSTMClassifier(_LSTMStack):

@@ -533,6 +533,25 @@ def test_sampled_generate_is_reproducible_and_respects_top_k():
     assert torch.equal(greedy_by_top1, model.generate(prompt, 10))
 
 
+def test_generate_stops_at_the_end_of_text_token():
+    model = tiny_model()
+    prompt = random_tokens((2, 4))
+    greedy = model.generate(prompt, 8)
+    eos = int(greedy[0, 6])  # the token sequence 0 draws third: it stops there
+    out = model.generate(prompt, 8, eos_id=eos)
+    first_stop = (greedy[0, 4:] == eos).nonzero()[0].item()
+    assert torch.equal(out[0, : 4 + first_stop + 1], greedy[0, : 4 + first_stop + 1])
+    assert (out[0, 4 + first_stop :] == eos).all()  # then it repeats the end-of-text token
+    row1 = greedy[1, 4:]
+    if (row1 == eos).any():  # both stopped: decoding ended once both had
+        last = max(first_stop, (row1 == eos).nonzero()[0].item())
+        assert out.shape[1] == 4 + last + 1
+    else:
+        assert out.shape[1] == 12 and torch.equal(out[1], greedy[1])
+    streamed = list(model.stream(prompt, 8, eos_id=eos))
+    assert torch.equal(torch.stack(streamed, 1), out[:, 4:])
+
+
 def test_generate_edge_cases():
     model = tiny_model()
     prompt = random_tokens((1, 6))
@@ -547,8 +566,10 @@ def test_generate_edge_cases():
     [
         (dict(max_new_tokens=60), "exceeds max_seq_len=64"),
         (dict(max_new_tokens=-1), "max_new_tokens must be a non-negative int"),
-        (dict(max_new_tokens=2, temperature=-1.0), "temperature must be >= 0"),
+        (dict(max_new_tokens=2, temperature=-1.0), "temperature must be a finite number >= 0"),
         (dict(max_new_tokens=2, top_k=0), "top_k must be a positive int"),
+        (dict(max_new_tokens=2, top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(max_new_tokens=2, top_p=1.5), r"top_p must be in \(0, 1\]"),
     ],
 )
 def test_generate_rejects_bad_arguments(kwargs, match):

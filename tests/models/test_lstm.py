@@ -407,3 +407,48 @@ def test_bad_config(cls, overrides: dict, match: str) -> None:
 def test_model_classes() -> None:
     assert get_spec("lstm-classifier-small").model_cls is LSTMClassifier
     assert get_spec("lstm-lm-small").model_cls is LSTMLanguageModel
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+def _lm(seed: int = 0) -> LSTMLanguageModel:
+    torch.manual_seed(seed)
+    return create_model("lstm-lm-small", num_layers=2, hidden_size=32, embed_dim=16).eval()
+
+
+def test_greedy_generation_carries_the_state_as_a_full_forward_would() -> None:
+    """Each new token is the argmax of a full forward over everything so far: the carried (h, c)
+    equals re-reading the whole sequence."""
+    model = _lm()
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(3))
+    out = model.generate(prompt, 6)
+    assert out.shape == (2, 11) and torch.equal(out[:, :5], prompt)
+    with torch.no_grad():
+        for t in range(5, 11):
+            assert torch.equal(model(out[:, :t])[:, -1].argmax(-1), out[:, t]), t
+
+
+def test_sampled_generation_is_reproducible_with_every_option() -> None:
+    model = _lm(1)
+    prompt = torch.randint(0, 256, (3, 4), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(temperature=0.9, top_k=40, top_p=0.9)
+    a = model.generate(prompt, 12, generator=torch.Generator().manual_seed(7), **kwargs)
+    b = model.generate(prompt, 12, generator=torch.Generator().manual_seed(7), **kwargs)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.generate(prompt, 12, generator=torch.Generator().manual_seed(8), **kwargs))
+    assert torch.equal(model.generate(prompt, 12, temperature=1.3, top_k=1), model.generate(prompt, 12))
+
+
+def test_generation_stops_at_eos_and_rejects_bad_options() -> None:
+    model = _lm(2)
+    prompt = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(5))
+    greedy = model.generate(prompt, 6)
+    eos = int(greedy[0, 5])
+    first = int((greedy[0, 4:] == eos).nonzero()[0])  # where the greedy run first draws it
+    out = model.generate(prompt, 6, eos_id=eos)
+    assert torch.equal(out, greedy[:, : 4 + first + 1])  # stopped right after drawing eos
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(prompt, 2, temperature=1.0, top_p=2.0)
+    with pytest.raises(ValueError, match="token ids must be in"):
+        model.generate(torch.tensor([[300]]), 2)
