@@ -1,5 +1,5 @@
 // replab_fast::conv2d and conv2d_backward on CUDA (TORCH_LIBRARY_IMPL(replab_fast, CUDA, ...)).
-// The schema and the argument checks live in conv2d.cpp; the math is in conv2d.h.
+// The schema lives in conv2d.cpp, the argument checks in conv2d_checks.cpp; the math is in conv2d.h.
 //
 // GPU verification pending: this file compiles for sm_80 and sm_90 with warnings as errors
 // (`make cuda-compile-check`, run by CI without a GPU); it has not yet run on a GPU. (The index
@@ -86,6 +86,7 @@
 #include <type_traits>
 
 #include "conv2d.h"
+#include "conv2d_checks.h"
 
 namespace replab_fast {
 namespace {
