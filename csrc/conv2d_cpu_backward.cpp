@@ -307,6 +307,194 @@ void col2im(const ConvGeometry& g, const scalar_t* dcol, scalar_t* dx) {
   }
 }
 
+
+// The steps of conv2d_backward_cpu, each over raw pointers of contiguous tensors (dz: N x K x OH x OW).
+
+// dz = d loss / d z of every (n, k) plane, from grad_out (dy) and preact (z): the backward of the
+// fused pooling and activation.
+template <typename scalar_t>
+void epilogue_backward(const ConvGeometry& g, const scalar_t* dyp, const scalar_t* zp, scalar_t* dzp) {
+  const int64_t plane = g.OH * g.OW, out_plane = g.PH * g.PW;
+  at::parallel_for(0, g.N * g.K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> scratch(plane);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      epilogue_backward_plane<scalar_t>(g, dyp + idx * out_plane, zp + idx * plane, scratch.data(),
+                                        dzp + idx * plane);
+    }
+  });
+}
+
+// grad_bias[k] = sum over n, oh, ow of dz
+template <typename scalar_t, typename acc_t>
+void grad_bias(const ConvGeometry& g, const scalar_t* dzp, scalar_t* gbp) {
+  const int64_t plane = g.OH * g.OW;
+  at::parallel_for(0, g.K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      acc_t acc = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        const scalar_t* d = dzp + (n * g.K + k) * plane;
+        for (int64_t i = 0; i < plane; ++i) acc += d[i];
+      }
+      gbp[k] = static_cast<scalar_t>(acc);
+    }
+  });
+}
+
+// From two images on (im2col per (image, group), then our GEMM loops):
+// grad_w[k, crs] = sum_n sum_p dz[n, k, p] * col_n[p, crs]
+template <typename scalar_t, typename acc_t>
+void grad_weight_gemm(const ConvGeometry& g, const scalar_t* xp, const scalar_t* dzp, scalar_t* gwp) {
+  const int64_t plane = g.OH * g.OW, CRS = g.Cg * g.R * g.S;
+  // Fixed chunks of images, each with its own accumulator, summed in order: the result does
+  // not depend on the number of threads.
+  const int64_t chunks = std::min<int64_t>(g.N, 16);
+  std::vector<acc_t> partial(chunks * g.K * CRS, acc_t(0));
+  const bool wide = wide_rows_apply(g);
+  const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
+  const int64_t block = images_per_block(g);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> colT(wide ? g.Kg * wide_pixels(g) : block * plane * CRS);
+    std::vector<scalar_t> dzb(wide ? 0 : g.Kg * block * plane);
+    for (int64_t ch = begin; ch < end; ++ch) {
+      acc_t* acc = partial.data() + ch * g.K * CRS;
+      const int64_t n_lo = ch * g.N / chunks, n_hi = (ch + 1) * g.N / chunks;
+      if (wide) {
+        for (int64_t n = n_lo; n < n_hi; ++n) {
+          for (int64_t grp = 0; grp < g.G; ++grp) {
+            widen_dz(g, dzp + n * g.K * plane, grp, colT.data());
+            wgrad_image_group_wide<scalar_t, acc_t>(g, xp, colT.data(), offsets.data(), n, grp, acc);
+          }
+        }
+        continue;
+      }
+      for (int64_t n0 = n_lo; n0 < n_hi; n0 += block) {
+        const int64_t B = std::min(block, n_hi - n0);
+        for (int64_t grp = 0; grp < g.G; ++grp) {
+          im2col_block(g, xp, n0, B, grp, colT.data());
+          gather_dz_block(g, dzp, n0, B, grp, dzb.data());
+          wgrad_block<scalar_t, acc_t>(g, dzb.data(), colT.data(), B * plane, grp, acc);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, g.K * CRS, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc_t sum = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) sum += partial[ch * g.K * CRS + i];
+      gwp[i] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+// From two images on: dcol[p, crs] = sum_k dz[n, k, p] * w[k, crs], then col2im
+template <typename scalar_t>
+void grad_input_gemm(const ConvGeometry& g, const scalar_t* wp, const scalar_t* dzp, scalar_t* gxp) {
+  const int64_t plane = g.OH * g.OW, in_plane = g.H * g.W, CRS = g.Cg * g.R * g.S;
+  const bool wide = wide_rows_apply(g);
+  const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
+  if (wide) {
+    at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> dzw(g.Kg * wide_pixels(g));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / g.G, grp = task % g.G;
+        widen_dz(g, dzp + n * g.K * plane, grp, dzw.data());
+        dgrad_image_group_wide<scalar_t>(g, wp, dzw.data(), offsets.data(), grp, gxp + (n * g.C + grp * g.Cg) * in_plane);
+      }
+    });
+  } else {  // tasks: (block of images, group), blocks small enough to give every thread two
+    const int64_t per_thread = std::max<int64_t>(1, g.N / (2 * at::get_num_threads()));
+    const int64_t block = std::min(images_per_block(g), per_thread), blocks = (g.N + block - 1) / block;
+    at::parallel_for(0, blocks * g.G, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> dzb(g.Kg * block * plane), dcolb(block * plane * CRS);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n0 = (task / g.G) * block, grp = task % g.G, B = std::min(block, g.N - n0);
+        gather_dz_block(g, dzp, n0, B, grp, dzb.data());
+        dcol_block<scalar_t>(g, wp, dzb.data(), B * plane, grp, dcolb.data());
+        for (int64_t i = 0; i < B; ++i)
+          col2im(g, dcolb.data() + i * plane * CRS, gxp + ((n0 + i) * g.C + grp * g.Cg) * in_plane);
+      }
+    });
+  }
+}
+
+// A batch of one (no images to spread over the threads), parallel over (output, input channel):
+// grad_w[k, cl, r, s] = sum_n sum_{oh, ow} dz[n, k, oh, ow] * x[n, c, ih, iw]
+template <typename scalar_t, typename acc_t>
+void grad_weight_direct(const ConvGeometry& g, const scalar_t* xp, const scalar_t* dzp, scalar_t* gwp) {
+  const int64_t plane = g.OH * g.OW, in_plane = g.H * g.W;
+  at::parallel_for(0, g.K * g.Cg, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(g.R * g.S);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t k = idx / g.Cg, cl = idx % g.Cg;
+      const int64_t c = (k / g.Kg) * g.Cg + cl;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t n = 0; n < g.N; ++n) {
+        const scalar_t* d = dzp + (n * g.K + k) * plane;
+        const scalar_t* xplane = xp + (n * g.C + c) * in_plane;
+        for (int64_t r = 0; r < g.R; ++r) {
+          int64_t oh_lo, oh_hi;
+          valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t col_off = s * g.dw - g.pw;
+            int64_t ow_lo, ow_hi;
+            valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
+            acc_t sum = 0;
+            for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+              const scalar_t* xrow = xplane + (oh * g.sh + r * g.dh - g.ph) * g.W;
+              const scalar_t* drow = d + oh * g.OW;
+              for (int64_t ow = ow_lo; ow < ow_hi; ++ow)
+                sum += static_cast<acc_t>(drow[ow]) * static_cast<acc_t>(xrow[ow * g.sw + col_off]);
+            }
+            acc[r * g.S + s] += sum;
+          }
+        }
+      }
+      scalar_t* dst = gwp + idx * g.R * g.S;
+      for (int64_t i = 0; i < g.R * g.S; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+// A batch of one, parallel over (image, input channel):
+// grad_x[n, c, ih, iw] = sum over k in c's group, r, s of w * dz (scattered)
+template <typename scalar_t>
+void grad_input_direct(const ConvGeometry& g, const scalar_t* wp, const scalar_t* dzp, scalar_t* gxp) {
+  const int64_t plane = g.OH * g.OW, in_plane = g.H * g.W;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / g.C, c = idx % g.C;
+      const int64_t group = c / g.Cg, cl = c % g.Cg;
+      scalar_t* dx = gxp + idx * in_plane;
+      std::fill(dx, dx + in_plane, scalar_t(0));
+      for (int64_t kl = 0; kl < g.Kg; ++kl) {
+        const int64_t k = group * g.Kg + kl;
+        const scalar_t* d = dzp + (n * g.K + k) * plane;
+        const scalar_t* wk = wp + (k * g.Cg + cl) * g.R * g.S;
+        for (int64_t r = 0; r < g.R; ++r) {
+          int64_t oh_lo, oh_hi;
+          valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const scalar_t wv = wk[r * g.S + s];
+            const int64_t col_off = s * g.dw - g.pw;
+            int64_t ow_lo, ow_hi;
+            valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
+            for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+              scalar_t* dxrow = dx + (oh * g.sh + r * g.dh - g.ph) * g.W;
+              const scalar_t* drow = d + oh * g.OW;
+              if (g.sw == 1) {
+                scalar_t* dxs = dxrow + col_off;
+                for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxs[ow] += wv * drow[ow];
+              } else {
+                for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxrow[ow * g.sw + col_off] += wv * drow[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
@@ -331,185 +519,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "replab_fast_conv2d_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;  // double for float and double
-    const int64_t plane = g.OH * g.OW, out_plane = g.PH * g.PW, in_plane = g.H * g.W;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     if (fused) {
-      const scalar_t* dyp = grad_out.const_data_ptr<scalar_t>();
-      const scalar_t* zp = preact.const_data_ptr<scalar_t>();
-      scalar_t* dzp = dz.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, g.N * g.K, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(plane);
-        for (int64_t idx = begin; idx < end; ++idx) {
-          epilogue_backward_plane<scalar_t>(g, dyp + idx * out_plane, zp + idx * plane, scratch.data(),
-                                            dzp + idx * plane);
-        }
-      });
+      epilogue_backward<scalar_t>(g, grad_out.const_data_ptr<scalar_t>(), preact.const_data_ptr<scalar_t>(),
+                                  dz.mutable_data_ptr<scalar_t>());
     }
     const scalar_t* dzp = dz.const_data_ptr<scalar_t>();
-
-    if (output_mask[2]) {  // grad_bias[k] = sum over n, oh, ow of dz
-      scalar_t* gbp = grad_b.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, g.K, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) {
-          acc_t acc = 0;
-          for (int64_t n = 0; n < g.N; ++n) {
-            const scalar_t* d = dzp + (n * g.K + k) * plane;
-            for (int64_t i = 0; i < plane; ++i) acc += d[i];
-          }
-          gbp[k] = static_cast<scalar_t>(acc);
-        }
-      });
-    }
-
+    if (output_mask[2]) grad_bias<scalar_t, acc_t>(g, dzp, grad_b.mutable_data_ptr<scalar_t>());
     // From two images on: im2col per (image, group), then our GEMM loops; below, direct loops
     // parallel over channels (a batch of one has nothing else to spread over the threads).
     const bool use_col = g.N >= 2;
-    const int64_t CRS = g.Cg * g.R * g.S;
-
-    if (output_mask[1] && use_col) {  // grad_w[k, crs] = sum_n sum_p dz[n, k, p] * col_n[p, crs]
-      scalar_t* gwp = grad_w.mutable_data_ptr<scalar_t>();
-      // Fixed chunks of images, each with its own accumulator, summed in order: the result does
-      // not depend on the number of threads.
-      const int64_t chunks = std::min<int64_t>(g.N, 16);
-      std::vector<acc_t> partial(chunks * g.K * CRS, acc_t(0));
-      const bool wide = wide_rows_apply(g);
-      const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
-      const int64_t block = images_per_block(g);
-      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> colT(wide ? g.Kg * wide_pixels(g) : block * plane * CRS);
-        std::vector<scalar_t> dzb(wide ? 0 : g.Kg * block * plane);
-        for (int64_t ch = begin; ch < end; ++ch) {
-          acc_t* acc = partial.data() + ch * g.K * CRS;
-          const int64_t n_lo = ch * g.N / chunks, n_hi = (ch + 1) * g.N / chunks;
-          if (wide) {
-            for (int64_t n = n_lo; n < n_hi; ++n) {
-              for (int64_t grp = 0; grp < g.G; ++grp) {
-                widen_dz(g, dzp + n * g.K * plane, grp, colT.data());
-                wgrad_image_group_wide<scalar_t, acc_t>(g, xp, colT.data(), offsets.data(), n, grp, acc);
-              }
-            }
-            continue;
-          }
-          for (int64_t n0 = n_lo; n0 < n_hi; n0 += block) {
-            const int64_t B = std::min(block, n_hi - n0);
-            for (int64_t grp = 0; grp < g.G; ++grp) {
-              im2col_block(g, xp, n0, B, grp, colT.data());
-              gather_dz_block(g, dzp, n0, B, grp, dzb.data());
-              wgrad_block<scalar_t, acc_t>(g, dzb.data(), colT.data(), B * plane, grp, acc);
-            }
-          }
-        }
-      });
-      at::parallel_for(0, g.K * CRS, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          acc_t sum = 0;
-          for (int64_t ch = 0; ch < chunks; ++ch) sum += partial[ch * g.K * CRS + i];
-          gwp[i] = static_cast<scalar_t>(sum);
-        }
-      });
-    }
-
-    if (output_mask[0] && use_col) {  // dcol[p, crs] = sum_k dz[n, k, p] * w[k, crs], then col2im
-      scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-      const bool wide = wide_rows_apply(g);
-      const std::vector<int64_t> offsets = wide ? wide_offsets(g) : std::vector<int64_t>();
-      if (wide) {
-        at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> dzw(g.Kg * wide_pixels(g));
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t n = task / g.G, grp = task % g.G;
-            widen_dz(g, dzp + n * g.K * plane, grp, dzw.data());
-            dgrad_image_group_wide<scalar_t>(g, wp, dzw.data(), offsets.data(), grp, gxp + (n * g.C + grp * g.Cg) * in_plane);
-          }
-        });
-      } else {  // tasks: (block of images, group), blocks small enough to give every thread two
-        const int64_t per_thread = std::max<int64_t>(1, g.N / (2 * at::get_num_threads()));
-        const int64_t block = std::min(images_per_block(g), per_thread), blocks = (g.N + block - 1) / block;
-        at::parallel_for(0, blocks * g.G, 1, [&](int64_t begin, int64_t end) {
-          std::vector<scalar_t> dzb(g.Kg * block * plane), dcolb(block * plane * CRS);
-          for (int64_t task = begin; task < end; ++task) {
-            const int64_t n0 = (task / g.G) * block, grp = task % g.G, B = std::min(block, g.N - n0);
-            gather_dz_block(g, dzp, n0, B, grp, dzb.data());
-            dcol_block<scalar_t>(g, wp, dzb.data(), B * plane, grp, dcolb.data());
-            for (int64_t i = 0; i < B; ++i)
-              col2im(g, dcolb.data() + i * plane * CRS, gxp + ((n0 + i) * g.C + grp * g.Cg) * in_plane);
-          }
-        });
-      }
-    }
-
-    if (output_mask[1] && !use_col) {  // grad_w[k, cl, r, s] = sum_n sum_{oh, ow} dz[n, k, oh, ow] * x[n, c, ih, iw]
-      scalar_t* gwp = grad_w.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, g.K * g.Cg, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(g.R * g.S);
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t k = idx / g.Cg, cl = idx % g.Cg;
-          const int64_t c = (k / g.Kg) * g.Cg + cl;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t n = 0; n < g.N; ++n) {
-            const scalar_t* d = dzp + (n * g.K + k) * plane;
-            const scalar_t* xplane = xp + (n * g.C + c) * in_plane;
-            for (int64_t r = 0; r < g.R; ++r) {
-              int64_t oh_lo, oh_hi;
-              valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
-              for (int64_t s = 0; s < g.S; ++s) {
-                const int64_t col_off = s * g.dw - g.pw;
-                int64_t ow_lo, ow_hi;
-                valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
-                acc_t sum = 0;
-                for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                  const scalar_t* xrow = xplane + (oh * g.sh + r * g.dh - g.ph) * g.W;
-                  const scalar_t* drow = d + oh * g.OW;
-                  for (int64_t ow = ow_lo; ow < ow_hi; ++ow)
-                    sum += static_cast<acc_t>(drow[ow]) * static_cast<acc_t>(xrow[ow * g.sw + col_off]);
-                }
-                acc[r * g.S + s] += sum;
-              }
-            }
-          }
-          scalar_t* dst = gwp + idx * g.R * g.S;
-          for (int64_t i = 0; i < g.R * g.S; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
-        }
-      });
-    }
-
-    if (output_mask[0] && !use_col) {  // grad_x[n, c, ih, iw] = sum over k in c's group, r, s of w * dz (scattered)
-      scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t n = idx / g.C, c = idx % g.C;
-          const int64_t group = c / g.Cg, cl = c % g.Cg;
-          scalar_t* dx = gxp + idx * in_plane;
-          std::fill(dx, dx + in_plane, scalar_t(0));
-          for (int64_t kl = 0; kl < g.Kg; ++kl) {
-            const int64_t k = group * g.Kg + kl;
-            const scalar_t* d = dzp + (n * g.K + k) * plane;
-            const scalar_t* wk = wp + (k * g.Cg + cl) * g.R * g.S;
-            for (int64_t r = 0; r < g.R; ++r) {
-              int64_t oh_lo, oh_hi;
-              valid_range(r * g.dh - g.ph, g.sh, g.H, g.OH, oh_lo, oh_hi);
-              for (int64_t s = 0; s < g.S; ++s) {
-                const scalar_t wv = wk[r * g.S + s];
-                const int64_t col_off = s * g.dw - g.pw;
-                int64_t ow_lo, ow_hi;
-                valid_range(col_off, g.sw, g.W, g.OW, ow_lo, ow_hi);
-                for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                  scalar_t* dxrow = dx + (oh * g.sh + r * g.dh - g.ph) * g.W;
-                  const scalar_t* drow = d + oh * g.OW;
-                  if (g.sw == 1) {
-                    scalar_t* dxs = dxrow + col_off;
-                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxs[ow] += wv * drow[ow];
-                  } else {
-                    for (int64_t ow = ow_lo; ow < ow_hi; ++ow) dxrow[ow * g.sw + col_off] += wv * drow[ow];
-                  }
-                }
-              }
-            }
-          }
-        }
-      });
-    }
+    if (output_mask[1] && use_col) grad_weight_gemm<scalar_t, acc_t>(g, xp, dzp, grad_w.mutable_data_ptr<scalar_t>());
+    if (output_mask[0] && use_col) grad_input_gemm<scalar_t>(g, wp, dzp, grad_x.mutable_data_ptr<scalar_t>());
+    if (output_mask[1] && !use_col)
+      grad_weight_direct<scalar_t, acc_t>(g, xp, dzp, grad_w.mutable_data_ptr<scalar_t>());
+    if (output_mask[0] && !use_col) grad_input_direct<scalar_t>(g, wp, dzp, grad_x.mutable_data_ptr<scalar_t>());
   });
   return {grad_x, grad_w, grad_b};
 }
