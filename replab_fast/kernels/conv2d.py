@@ -9,7 +9,7 @@ Math, per NCHW input x (N, C, H, W), weight (K, C / groups, R, S) and bias (K,):
 
 The reference is ``conv2d_ref`` below: torch.nn.functional's conv2d, the activation and the
 pooling, one after another (the chain the reference models run). The kernels are ours
-(csrc/conv2d_cpu_*.cpp for the CPU, csrc/conv2d_cuda.cu for CUDA); no cuDNN, oneDNN or at::conv2d.
+(csrc/conv2d_cpu_*.cpp for the CPU, csrc/conv2d_cuda*.cu for CUDA); no cuDNN, oneDNN or at::conv2d.
 
 Layers, as in every kernel file (shared/GUIDE.md section 1):
 1. kernels: C++ / CUDA in csrc/, registered with ``TORCH_LIBRARY(replab_fast, ...)`` (the schema,

@@ -1,5 +1,5 @@
 """Parity tests of the fused conv2d (+ activation + pooling) of the C++/CUDA extension
-(csrc/conv2d_cpu_*.cpp, csrc/conv2d_cuda.cu, replab_fast/kernels/conv2d.py) against the independent
+(csrc/conv2d_cpu_*.cpp, csrc/conv2d_cuda*.cu, replab_fast/kernels/conv2d.py) against the independent
 reference ``conv2d_ref``: torch.nn.functional.conv2d, then the activation, then
 F.max_pool2d / F.avg_pool2d (shared/GUIDE.md section 3).
 
