@@ -101,7 +101,7 @@ def extension_modules():
     macros = [("REPLAB_SOURCES_HASH", f"{sources_hash}ULL")]
     # -fopenmp: at::parallel_for runs on OpenMP in torch's builds. -fno-trapping-math: no FP
     # exception traps are enabled (the default environment), so GCC may if-convert and vectorize
-    # branchless selects such as the CPU tanh's (csrc/conv2d.cpp, FastTanh); results are unchanged.
+    # branchless selects such as the CPU tanh's (csrc/conv2d_cpu.h, FastTanh); results are unchanged.
     cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if use_cuda:
         if not torch.cuda.is_available():

@@ -1,5 +1,5 @@
-// Shared by conv2d.cpp (schema, argument checks, CPU kernels) and conv2d_cuda.cu (CUDA kernels):
-// the geometry of one fused convolution and the activation math, written once.
+// The geometry of one fused convolution (ConvGeometry) and its activation math, written once for
+// the CPU kernels (conv2d_cpu_*.cpp) and the CUDA kernels (conv2d_cuda_*.cu).
 //
 // The op (see conv2d.cpp for the schema) computes, for NCHW x (N, C, H, W) and weight
 // (K, C/groups, R, S):
@@ -13,13 +13,8 @@
 // argmax from z instead of saving them (one saved tensor, the size of the conv output).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <c10/util/string_view.h>
-
 #include <cmath>
 #include <cstdint>
-#include <optional>
 
 #if defined(__CUDACC__)
 #define REPLAB_HOST_DEVICE __host__ __device__ __forceinline__
@@ -49,41 +44,8 @@ struct ConvGeometry {
   Activation act;
 };
 
-Activation parse_activation(c10::string_view name);
-PoolKind parse_pool(c10::string_view name);
-
-// Every TORCH_CHECK of the op's arguments (ranks, channels, groups, sizes, dtypes, devices);
-// returns the geometry. `op` names the op in the messages.
-ConvGeometry check_conv2d_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                               c10::string_view activation, c10::string_view pool,
-                               at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
-
-// check_conv2d_args, plus grad_out's shape, dtype and device and, for a fused activation or
-// pooling, the forward's saved pre-activation (preact).
-ConvGeometry check_conv2d_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-                                        const at::Tensor& weight, const at::Tensor& preact,
-                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                        int64_t groups, c10::string_view activation, c10::string_view pool,
-                                        at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride);
-
-// The forward's operands, contiguous, and its outputs, allocated: out (N, K, PH, PW) and preact
-// (N, K, OH, OW) when save_preact and an activation or pooling is fused, else an empty (0,)
-// tensor. Shared by the CPU and CUDA entry points (after check_conv2d_args).
-struct ConvForwardTensors {
-  at::Tensor x, weight, bias;  // bias undefined when absent
-  at::Tensor out, preact;
-  bool keep_preact;
-};
-ConvForwardTensors prepare_conv2d_forward(const ConvGeometry& g, const at::Tensor& x, const at::Tensor& weight,
-                                          const std::optional<at::Tensor>& bias, bool save_preact);
-
-// dtype rules per device type, shared by the CPU and CUDA entry points.
-void check_dtype_for_device(const char* op, const at::Tensor& x);
-
 // tanh as the activations call it: the standard library's (CUDA's tanhf / tanh on the device).
-// The CPU kernels pass their own vectorizable float tanh instead (conv2d.cpp, FastTanh).
+// The CPU kernels pass their own vectorizable float tanh instead (conv2d_cpu.h, FastTanh).
 struct StdTanh {
   template <typename T>
   REPLAB_HOST_DEVICE T operator()(T z) const {

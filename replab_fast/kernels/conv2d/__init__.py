@@ -9,8 +9,8 @@ Math, per NCHW input x (N, C, H, W), weight (K, C / groups, R, S) and bias (K,):
                     floor mode: F.max_pool2d / F.avg_pool2d
 
 The layers:
-1. kernels: C++ / CUDA in csrc/ (the CPU kernels in the .cpp files, the CUDA ones in the .cu
-   files; no cuDNN, oneDNN or at::conv2d), registered with ``TORCH_LIBRARY(replab_fast, ...)``
+1. kernels: C++ / CUDA in csrc/ (the CPU kernels in csrc/conv2d_cpu_*.cpp, the CUDA ones in
+   csrc/conv2d_cuda*.cu; no cuDNN, oneDNN or at::conv2d), registered with ``TORCH_LIBRARY(replab_fast, ...)``
    (the schema, once) and ``TORCH_LIBRARY_IMPL(replab_fast, CPU / CUDA, ...)``.
 2. ``op.py``: the fake (meta) implementations and the autograd of ``torch.ops.replab_fast.conv2d``
    and ``conv2d_backward``, and the functional ``conv2d`` (``replab_fast.ops.conv2d``); importing
