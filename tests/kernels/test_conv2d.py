@@ -55,7 +55,7 @@ CASES = [
     (1, 3, 12, 11, 5, 3, 3, 2, 1, 2, 1, "relu", ("max", 3, 2)),  # one image, one group: the direct CPU loops
     (3, 16, 5, 5, 120, 5, 5, 1, 0, 1, 1, "scaled_tanh", None),  # LeNet C5: fewer pixels than channels
 ]
-# The CPU kernels (csrc/conv2d.cpp): the forward splits the output channels into blocks when there
+# The CPU kernels (csrc/conv2d_cpu_forward.cpp, conv2d_cpu_backward.cpp): the forward splits the output channels into blocks when there
 # are fewer (image, group) pairs than threads (cases 1, 9, 11), runs "wide rows" for stride-1
 # unpadded layers with OH * OW >= K / groups (cases 3, 4, 10), im2col + GEMM loops otherwise (inner
 # loop over pixels, or over channels when OH * OW < K / groups: cases 9, 12); the backward takes
@@ -170,7 +170,7 @@ def ulp_error(got: torch.Tensor, exact64: torch.Tensor) -> torch.Tensor:
 
 
 def test_cpu_tanh_is_within_1_25_ulp_over_the_float32_range():
-    """The CPU's float32 tanh is our own vectorizable one (csrc/conv2d.cpp, FastTanh), reached
+    """The CPU's float32 tanh is our own vectorizable one (csrc/conv2d_cpu.h, FastTanh), reached
     through a 1x1 convolution with weight 1 and no bias (z = x exactly): within 1.25 ulp of the
     exact tanh over a sweep of 17 million floats, NaN to NaN, odd (signs kept)."""
     x = float32_sweep()
@@ -242,7 +242,7 @@ def test_parity_cuda_model_shapes(shape, dtype):
 
 def random_geometry(rng: random.Random, gemm_sized: bool) -> tuple:
     """A random valid case (the CASES layout). ``gemm_sized``: more than 256 products per output,
-    so that CUDA takes the implicit GEMM rather than the direct kernel (csrc/conv2d_cuda.cu)."""
+    so that CUDA takes the implicit GEMM rather than the direct kernel (csrc/conv2d_cuda_direct.cu)."""
     while True:
         groups = rng.choice([1, 1, 2, 3])
         cg = rng.randint(29, 48) if gemm_sized else rng.randint(1, 4)
