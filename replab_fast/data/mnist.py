@@ -20,11 +20,12 @@ them):
 
 - Fashion-MNIST: the two label files' sums were computed here from the copies in the upstream
   repository (github.com/zalandoresearch/fashion-mnist, data/fashion/), whose MD5s equal the
-  official MD5s of upstream's README. The two image files are too large for the repository copy
-  at hand, so their sums are taken from torchvision's dataset table (pytorch/vision,
-  torchvision/prototype/datasets/_builtin/mnist.py), which agrees on the label files, and were not
-  recomputed here. Debian's package holds the same data recompressed (other gzip headers), so its
-  .gz files have other sums: they are read, not downloaded, and not checked against these.
+  official MD5s of upstream's README. The two image files were absent from the copy of the
+  repository at hand (large files left out), so their sums are taken from torchvision's dataset
+  table (pytorch/vision, torchvision/prototype/datasets/_builtin/mnist.py), which agrees on the
+  label files, and were not recomputed here. Debian's package holds the same data recompressed
+  (other gzip headers; the decompressed label files were checked here to be identical), so its
+  .gz files have other sums: they are read where installed, not downloaded, and not checked.
 - MNIST: torchvision's table (the same file); not verified here: no copy of MNIST was at hand.
 """
 
@@ -169,7 +170,7 @@ def find_dataset(dataset: str, data: Optional[PathLike] = None) -> Path:
         if not missing:
             return folder
         if not folder.is_dir():
-            looked.append(f"  {folder} (no such folder)")
+            looked.append(f"  {folder} ({'a file, not a folder' if folder.is_file() else 'no such folder'})")
         else:
             looked.append(f"  {folder} (missing: {', '.join(m + '[.gz]' for m in missing)})")
     if data is not None:
