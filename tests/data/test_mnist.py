@@ -35,7 +35,7 @@ def test_the_cache_defaults_to_home_dot_cache(monkeypatch, tmp_path):
 def test_an_explicit_folder_is_the_only_place_looked_in(isolated_search_path, tmp_path, write_idx_folder):
     write_idx_folder(cache_dir("mnist"))  # would be found on the search path
     assert search_path("mnist", tmp_path / "mine") == [tmp_path / "mine"]
-    with pytest.raises(DatasetNotFoundError, match="the folder given as data=.*\n.*mine \(no such folder\)"):
+    with pytest.raises(DatasetNotFoundError, match=r"the folder given as data=.*\n.*mine \(no such folder\)"):
         find_dataset("mnist", tmp_path / "mine")
     (tmp_path / "images.gz").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError, match="a file, not a folder"):
