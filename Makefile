@@ -6,11 +6,12 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: help torch ninja install install-test demo test cuda-compile-check newest-torch-check
+.PHONY: help torch ninja install install-test demo test data cuda-compile-check newest-torch-check
 
 help:
 	@echo "make demo   install, then run every model family reference vs fast (replab-fast demo)"
 	@echo "make test   install with the test extras, then run the test suite"
+	@echo "make data   Fashion-MNIST: Debian's dataset-fashion-mnist (root + apt), else a checked download into ~/.cache"
 	@echo "make cuda-compile-check  compile every csrc source as C++17 and C++20 (.cu: nvcc, sm_80 and sm_90), warnings as errors (no GPU needed)"
 	@echo "make newest-torch-check  a fresh venv, the plain pip install -e . (newest torch), conv/swap/model tests"
 	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
@@ -45,6 +46,18 @@ cuda-compile-check: torch
 # several GB), then the conv, swap and model tests against it (scripts/newest_torch_check.sh).
 newest-torch-check:
 	PYTHON=$(PYTHON) bash scripts/newest_torch_check.sh
+
+# Fashion-MNIST for the image models (replab_fast/data/mnist.py looks it up): as root with apt,
+# Debian's package (into /usr/share/datasets/fashion-mnist/; nothing to do when it is installed);
+# otherwise the four files from the official mirrors, SHA-256 checked, into the user cache.
+data:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then echo "data: dataset-fashion-mnist is installed"; \
+	  else apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; fi; \
+	else \
+	  echo "data: no apt-get as root here; downloading Fashion-MNIST into the user cache"; \
+	  $(PYTHON) -m replab_fast.data.download fashion-mnist; \
+	fi
 
 demo: install
 	$(PYTHON) -m replab_fast.cli demo
