@@ -1,12 +1,15 @@
-"""The `replab-fast` command: `models`, `demo`, `bench-report` (also `python -m replab_fast`)."""
+"""The `replab-fast` command: `models`, `demo`, `train`, `eval`, `generate`, `bench-report` (also
+`python -m replab_fast`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Optional
 
 from . import __version__
+from .train.checkpoint import CheckpointError
 from .models.registry import count_parameters, create_model, get_spec, list_models
 
 
@@ -60,6 +63,109 @@ def _cmd_bench_report(args: argparse.Namespace) -> int:
         return 2
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def config_override(text: str) -> tuple[str, object]:
+    """argparse type: KEY=VALUE, the value read as a Python literal (an int, a float, a bool, None,
+    a string in quotes) or else taken as a string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a model config field), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import RunOptions, train
+
+    options = RunOptions(
+        model=args.model, out=args.out or f"runs/{args.model}", data=args.data, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, amp=args.amp, seed=args.seed,
+        fast=args.fast or args.interpret, interpret=args.interpret, compile=args.compile, resume=args.resume,
+        stop_at=args.stop_at, device=args.device, progress=not args.no_progress, overrides=dict(args.config),
+    )  # fmt: skip
+    result = train(options)
+    print(json.dumps({"model": args.model, "step": result.step, "out": str(result.out), **result.metrics}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train.inference import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.run, split=args.split, which=args.which, device=args.device)
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .train.inference import generate_text
+
+    pieces = generate_text(args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, which=args.which,
+                           device=args.device)  # fmt: skip
+    sys.stdout.write(args.prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _add_train_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model by its paper's recipe on real offline data")
+    p.add_argument("model", help="a registry name (replab-fast models)")
+    p.add_argument("--data", help="a dataset name (digits, fashion-mnist, mnist, stdlib, stdlib-packages) or a path")
+    p.add_argument("--steps", type=positive_int, help="the planned optimizer steps (the schedule follows them)")
+    p.add_argument("--batch-size", type=positive_int, help="the global batch")
+    p.add_argument("--lr", type=positive_float, help="the peak learning rate")
+    p.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast (fp16 with a GradScaler)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast", action="store_true", help="accelerate(): the kernels fast on this device")
+    p.add_argument("--interpret", action="store_true", help="with --fast: the Triton kernels interpreted on a CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", help="the run folder (default: runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--stop-at", type=positive_int, help="end after this step with a checkpoint (as a preempted job)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--config", type=config_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="a model config field for this run (repeatable), e.g. --config n_layers=4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="the test metrics of a trained run's checkpoint, as one JSON object")
+    p.add_argument("run", help="a run folder (its last checkpoint) or a checkpoint folder")
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument("--which", choices=("last", "best"), default="last")
+    p.add_argument("--device")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("generate", help="text from a trained language model, printed as it is sampled")
+    p.add_argument("run", help="a run folder of llama-* or lstm-lm-* (or one of its checkpoint folders)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
+    p.add_argument("--which", choices=("last", "best"), default="last")
+    p.add_argument("--device")
+    p.set_defaults(func=_cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replab-fast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"replab_fast {__version__}")
@@ -76,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repetitions per model and round, at least (median and p20-p80 reported)")
     p.set_defaults(func=_cmd_demo)
 
+    _add_train_commands(sub)
+
     from .bench_report import add_arguments as add_bench_report_arguments
 
     p = sub.add_parser("bench-report", help="render a benchmark JSON as a markdown table (plots, README section)")
@@ -88,9 +196,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, CheckpointError) as exc:
         print(f"replab-fast: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -49,7 +48,7 @@ class Schedule:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, total_steps: int,
-                   last_step: Optional[int] = None) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
     """A LambdaLR following ``schedule`` over ``total_steps`` optimizer steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, total_steps))
