@@ -97,3 +97,10 @@ def test_every_path_in_the_layout_exists():
         if name.endswith("/"):
             parents.append(name)
     assert not missing, f"the README's Layout names paths that do not exist: {missing}"
+
+
+def test_every_picture_the_readme_shows_is_committed():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert pictures, "the README shows no picture"
+    for path in pictures:
+        assert (ROOT / path).is_file() and (ROOT / path).stat().st_size > 1000, path
