@@ -95,10 +95,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model, out=args.out or f"runs/{args.model}", data=args.data, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, amp=args.amp, seed=args.seed,
         fast=args.fast or args.interpret, interpret=args.interpret, compile=args.compile, resume=args.resume,
-        stop_at=args.stop_at, device=args.device, progress=not args.no_progress, overrides=dict(args.config),
+        stop_at=args.stop_at, device=args.device, strategy=args.strategy, progress=not args.no_progress,
+        overrides=dict(args.config),
     )  # fmt: skip
     result = train(options)
-    print(json.dumps({"model": args.model, "step": result.step, "out": str(result.out), **result.metrics}))
+    if result.rank == 0:
+        print(json.dumps({"model": args.model, "step": result.step, "out": str(result.out), **result.metrics}))
     return 0
 
 
@@ -141,6 +143,8 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--stop-at", type=positive_int, help="end after this step with a checkpoint (as a preempted job)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--strategy", choices=("ddp", "fsdp"),
+                   help="under torchrun: DDP (every family, the default) or FSDP2 (LLaMA: blocks sharded)")
     p.add_argument("--config", type=config_override, action="append", default=[], metavar="KEY=VALUE",
                    help="a model config field for this run (repeatable), e.g. --config n_layers=4")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

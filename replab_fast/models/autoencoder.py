@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, Family, OverfitRecipe
+from .registry import Batch, Family, OverfitRecipe, unwrap
 
 _ACTIVATIONS = ("logistic", "identity")
 
@@ -214,13 +214,16 @@ class MLPAutoencoder(nn.Module):
         logits = self.decoder(self.encoder(flat))  # (B, D)
         return logits.view_as(x)  # x's shape
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output_activation(self.reconstruction_logits(x))  # x's shape
+    def forward(self, x: Tensor, *, logits: bool = False) -> Tensor:
+        """The reconstruction of x, in x's shape; its pre-activation with ``logits=True`` (the
+        loss's input: the training loss goes through forward, so a DDP wrapper sees it)."""
+        z = self.reconstruction_logits(x)  # x's shape
+        return z if logits else self.output_activation(z)
 
     def loss(self, x: Tensor, target: Optional[Tensor] = None) -> Tensor:
         """Reconstruction error of x against target (default: x itself)."""
         target = x if target is None else target
-        return _reconstruction_loss(self.reconstruction_logits(x), target, self.config.loss)
+        return _reconstruction_loss(self(x, logits=True), target, self.config.loss)
 
 
 # ----------------------------------------------------------------------------------------
@@ -322,12 +325,14 @@ class ConvAutoencoder(nn.Module):
     def reconstruction_logits(self, x: Tensor) -> Tensor:
         return self.decode_logits(self.encode(x))  # (B, C, H, W)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output_activation(self.reconstruction_logits(x))  # (B, C, H, W)
+    def forward(self, x: Tensor, *, logits: bool = False) -> Tensor:
+        """The reconstruction (B, C, H, W); its pre-activation with ``logits=True``."""
+        z = self.reconstruction_logits(x)  # (B, C, H, W)
+        return z if logits else self.output_activation(z)
 
     def loss(self, x: Tensor, target: Optional[Tensor] = None) -> Tensor:
         target = x if target is None else target
-        return _reconstruction_loss(self.reconstruction_logits(x), target, "bce")
+        return _reconstruction_loss(self(x, logits=True), target, "bce")
 
 
 # ----------------------------------------------------------------------------------------
@@ -358,7 +363,9 @@ def _make_conv_batch(model: nn.Module, batch_size: int, *, generator: torch.Gene
 
 
 def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
-    return model.loss(*inputs, target)
+    """The reconstruction loss, the forward through ``model`` (a DDP / compile wrapper too)."""
+    kind = getattr(unwrap(model).config, "loss", "bce")
+    return _reconstruction_loss(model(*inputs, logits=True), target, kind)
 
 
 _PAPER = "Hinton & Salakhutdinov 2006"

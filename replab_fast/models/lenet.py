@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import PresetConfig
-from .registry import Batch, Family, OverfitRecipe
+from .registry import Batch, Family, OverfitRecipe, unwrap
 
 # Table I of the paper: row i = S2 feature map, column j = C3 feature map; "X" = connected.
 # Columns 0-5 take contiguous triples of S2 maps, 6-11 contiguous quadruples, 12-14
@@ -464,7 +464,7 @@ def _make_batch(model: nn.Module, batch_size: int, *, generator: torch.Generator
 
 
 def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
-    return model.loss(model(*inputs), target)
+    return unwrap(model).loss(model(*inputs), target)  # the forward through a DDP / compile wrapper
 
 
 FAMILY = Family("lenet5", "LeCun et al. 1998", LeNet5Config, LeNet5, _make_batch, _loss)

@@ -29,6 +29,8 @@ from ..devices import resolve_device
 # A batch is (inputs, target): the model is called as model(*inputs); target feeds the loss.
 Batch = tuple[tuple[Tensor, ...], Tensor]
 MakeBatch = Callable[..., Batch]  # (model, batch_size, *, generator) -> Batch
+# The loss takes the model itself or a wrapper of it (DDP, torch.compile): it calls only the
+# wrapper's forward, and reads attributes through ``unwrap``.
 LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor]
 
 
@@ -145,6 +147,17 @@ def create_model(
     config = spec.build_config(**overrides)
     device = resolve_device(device) if device is not None else None  # None: torch's default device
     return spec.model_cls(config, device=device, dtype=dtype)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a wrapper that keeps it as an attribute (DistributedDataParallel's
+    ``module``, torch.compile's ``_orig_mod``): the losses read its config through this, and
+    run its forward through the wrapper, so a data-parallel model's gradients are synced."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -5,7 +5,8 @@
 - ``tasks.py``: a model's data (``replab_fast.data``) as the loop takes it; ``sampler.py``: the
   resumable data position;
 - ``metrics.py``: each paper's metric; ``logs.py``: metrics.jsonl and the curves;
-- ``checkpoint.py``: atomic safetensors checkpoints; ``inference.py``: eval and generate from one.
+- ``checkpoint.py``: atomic safetensors checkpoints; ``inference.py``: eval and generate from one;
+- ``distributed.py``: torchrun, DDP for every family, FSDP2 for LLaMA, full checkpoints.
 
 Importing this package imports none of them.
 """

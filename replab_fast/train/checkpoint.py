@@ -22,14 +22,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "check_same_run", "find", "load_meta", "load_state", "load_weights", "save"]
+__all__ = ["CheckpointError", "check_same_run", "find", "load_meta", "load_state", "load_weights", "read_weights", "save"]
 
 WEIGHTS, STATE, META = "model.safetensors", "state.pt", "meta.json"
 _ASIDE = ".old"  # suffix of the previous checkpoint while the new one is renamed into place
@@ -57,14 +57,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def save(folder: Path, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write a checkpoint to ``folder`` atomically (see the module docstring); returns ``folder``."""
+def save(folder: Path, weights: Union[nn.Module, dict[str, torch.Tensor]], state: dict[str, Any],
+         meta: dict[str, Any]) -> Path:  # fmt: skip
+    """Write a checkpoint to ``folder`` atomically (see the module docstring); returns ``folder``.
+    ``weights``: the model, or its (whole) state_dict."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
+        state_dict = weights.state_dict() if isinstance(weights, nn.Module) else weights
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         _fsync_tree(tmp)
@@ -108,13 +111,19 @@ def load_meta(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is damaged ({exc}); delete the checkpoint or train again") from exc
 
 
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors of the checkpoint at ``folder``, as a state_dict (on the CPU)."""
+    path = _require(folder) / WEIGHTS
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged or incomplete ({exc}); delete the checkpoint or train again") from exc
+
+
 def load_weights(folder: Path, model: nn.Module) -> None:
     """Load model.safetensors into ``model`` (strict: every key, every shape)."""
     path = _require(folder) / WEIGHTS
-    try:
-        weights = load_file(path)
-    except (OSError, SafetensorError, ValueError) as exc:
-        raise CheckpointError(f"{path} is damaged or incomplete ({exc}); delete the checkpoint or train again") from exc
+    weights = read_weights(folder)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

@@ -34,6 +34,7 @@ from ..devices import resolve_device
 from ..models.registry import ModelSpec, create_model, get_spec
 from ..swap import accelerate
 from . import checkpoint as ckpt
+from .distributed import Dist, full_state, load_full_state, setup, teardown, wrap
 from .logs import MetricsLog, plot_curves
 from .metrics import METRICS, evaluate
 from .recipes import Recipe, recipe_for
@@ -63,6 +64,7 @@ class RunOptions:
     resume: bool = False  # continue from OUT/checkpoint
     stop_at: Optional[int] = None  # end after this step with a checkpoint, as a preempted job would
     device: Optional[str] = None
+    strategy: Optional[str] = None  # under torchrun: "ddp" (default) or "fsdp" (LLaMA)
     progress: bool = True  # a tqdm progress bar on stderr
     overrides: dict[str, Any] = field(default_factory=dict)  # model config fields
 
@@ -72,6 +74,7 @@ class RunResult:
     step: int  # the last step taken
     metrics: dict[str, float]  # the last validation metrics
     out: Path
+    rank: int = 0  # this process's rank (0 in one process)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -104,8 +107,9 @@ def _config_dict(model: nn.Module) -> dict[str, Any]:
 class Trainer:
     """One run. ``run()`` trains to the planned steps (or ``stop_at``) and returns the result."""
 
-    def __init__(self, options: RunOptions, *, rank: int = 0, world_size: int = 1) -> None:
-        self.options, self.rank, self.world_size = options, rank, world_size
+    def __init__(self, options: RunOptions, dist: Optional[Dist] = None) -> None:
+        self.options, self.dist = options, dist or Dist()
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.spec: ModelSpec = get_spec(options.model)
         self.recipe = recipe_for(options.model).replace(
             steps=options.steps, batch_size=options.batch_size, lr=options.lr, grad_accum=options.grad_accum,
@@ -124,19 +128,20 @@ class Trainer:
         self.metric = METRICS[self.recipe.metric]
         if options.fast:
             accelerate(self.model, interpret=options.interpret)
-        self.forward_model = torch.compile(self.model) if options.compile else self.model
-        self.optimizer = _optimizer(self.model, self.recipe)
+        wrapped = wrap(self.model, self.dist, transformer_blocks=_transformer_block_class(self.model))
+        self.forward_model = torch.compile(wrapped) if options.compile else wrapped
+        self.optimizer = _optimizer(self.model, self.recipe)  # after fully_shard: over the sharded parameters
         self.scheduler = make_scheduler(self.optimizer, self.recipe.schedule, self.recipe.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.recipe.amp == "fp16")
-        self.stream = BatchStream(len(self.task.train), self.recipe.batch_size, seed=options.seed, rank=rank,
-                                  world_size=world_size)  # fmt: skip
+        self.stream = BatchStream(len(self.task.train), self.recipe.batch_size, seed=options.seed, rank=self.rank,
+                                  world_size=self.world_size)  # fmt: skip
         self.step, self.best = 0, None
         self.last_metrics: dict[str, float] = {}
         self.meta = self._meta()
         if options.resume:
             self._resume()
         self.log = MetricsLog(self.out / "metrics.jsonl", resume_from=self.step if options.resume else None,
-                              enabled=rank == 0)  # fmt: skip
+                              enabled=self.rank == 0)  # fmt: skip
 
     # ---- state --------------------------------------------------------------------------------
 
@@ -149,10 +154,10 @@ class Trainer:
             "tokenizer": self.task.tokenizer_file,
         }  # fmt: skip
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, optimizer_state: dict[str, Any]) -> dict[str, Any]:
         return {
-            "step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "data": self.stream.state_dict(),
+            "step": self.step, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": self.dist.gather(_rng_state()), "data": self.stream.state_dict(),
             "best": self.best,
         }  # fmt: skip
 
@@ -160,21 +165,28 @@ class Trainer:
         folder = self.out / "checkpoint"
         meta = ckpt.load_meta(folder)
         ckpt.check_same_run(meta, self.meta, keys=("model", "config", "seed", "world_size"))
-        ckpt.load_weights(folder, self.model)
         state = ckpt.load_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = ckpt.read_weights(folder)
+        try:
+            load_full_state(self.model, self.optimizer, weights, state["optimizer"], self.dist)
+        except RuntimeError as exc:
+            raise ckpt.CheckpointError(f"{folder} does not fit this model: {exc}") from exc
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(state["data"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][self.rank])
         self.step, self.best = int(state["step"]), state["best"]
 
     def save(self, name: str = "checkpoint") -> None:
+        """Every rank takes part (the full state is gathered); rank 0 writes; then all go on."""
+        weights, optimizer_state = full_state(self.model, self.optimizer, self.dist)
+        state = self._state(optimizer_state)
         if self.rank == 0:
-            ckpt.save(self.out / name, self.model, self._state(), {**self.meta, "step": self.step,
-                                                                    "metrics": self.last_metrics})  # fmt: skip
+            meta = {**self.meta, "step": self.step, "metrics": self.last_metrics}
+            ckpt.save(self.out / name, weights, state, meta)
             if self.task.tokenizer is not None:
                 self.task.tokenizer.save(self.out / self.task.tokenizer_file)
+        self.dist.barrier()
 
     # ---- steps --------------------------------------------------------------------------------
 
@@ -203,6 +215,7 @@ class Trainer:
                 loss = self.spec.loss(self.forward_model, part_inputs, part_target) * (part_target.shape[0] / n)
             self.scaler.scale(loss).backward()
             total += float(loss.detach())
+        total = self.dist.mean(total)  # the global batch's mean loss (every rank's share is the same size)
         if self.recipe.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
@@ -213,7 +226,11 @@ class Trainer:
 
     def _sync_context(self, last: bool) -> contextlib.AbstractContextManager:
         """Gradient accumulation: a data-parallel model syncs only on the last micro-batch."""
-        no_sync = getattr(self.forward_model, "no_sync", None)
+        set_sync = getattr(self.model, "set_requires_gradient_sync", None)  # FSDP2
+        if set_sync is not None:
+            set_sync(last)
+            return contextlib.nullcontext()
+        no_sync = getattr(self.forward_model, "no_sync", None)  # DDP
         return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
@@ -269,7 +286,7 @@ class Trainer:
         if self.rank == 0 and (self.out / "metrics.jsonl").exists():
             plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", metric=self.metric.name,
                         title=f"{self.options.model} on {self.task.describe.get('name', 'data')}")  # fmt: skip
-        return RunResult(self.step, self.last_metrics, self.out)
+        return RunResult(self.step, self.last_metrics, self.out, self.rank)
 
     def _progress(self, end: int):
         from tqdm.auto import tqdm
@@ -278,6 +295,18 @@ class Trainer:
                     disable=not self.options.progress or self.rank != 0, file=sys.stderr)  # fmt: skip
 
 
+def _transformer_block_class(model: nn.Module) -> Optional[type]:
+    """The class FSDP shards by (LLaMA's transformer block), or None for the other families."""
+    from ..models.llama import TransformerBlock
+
+    return TransformerBlock if any(isinstance(m, TransformerBlock) for m in model.modules()) else None
+
+
 def train(options: RunOptions) -> RunResult:
-    """Train ``options.model`` by its recipe (see the module docstring)."""
-    return Trainer(options).run()
+    """Train ``options.model`` by its recipe (see the module docstring); under torchrun, data
+    parallel (``replab_fast.train.distributed``)."""
+    dist, device = setup(options.strategy, options.device)
+    try:
+        return Trainer(dataclasses.replace(options, device=device), dist).run()
+    finally:
+        teardown()
