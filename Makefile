@@ -16,6 +16,7 @@ help:
 	@echo "make newest-torch-check  a fresh venv, the plain pip install -e . (newest torch), conv/swap/model tests"
 	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
 	@echo "make gpu-check  on a CUDA machine: build, tests, benchmarks, report -> bench/results/<gpu>_<date>/"
+	@echo "make replicate  train every paper's model to completion -> results/<model>/ (MODELS=... narrows it)"
 
 # Keep the user's torch. With none: a local CPU wheel if pip can see one (--no-index keeps
 # find-links), else the CPU wheel index; then the wheel's own dependencies from the registry.
@@ -75,7 +76,13 @@ BENCH_OUT ?= bench/results/local
 BENCH_ARGS ?=
 QUICK ?= 1
 
-.PHONY: bench gpu-check
+.PHONY: bench gpu-check replicate
+
+# Every replication that fits a CPU, trained to completion: results/<model>/ (commit them; the
+# checkpoints stay in runs/replicate/). MODELS="lenet5-classic lenet5-modern" narrows it.
+MODELS ?=
+replicate: install
+	$(PYTHON) -m replab_fast.cli replicate $(MODELS)
 
 bench: install-test
 	@mkdir -p $(BENCH_OUT)

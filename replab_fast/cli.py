@@ -126,6 +126,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replicate(args: argparse.Namespace) -> int:
+    from .train.replicate import REPLICATIONS, replicate
+
+    if args.list:
+        for name, rep in REPLICATIONS.items():
+            print(f"{name:24s} {rep.command()}")
+        return 0
+    names = args.models or list(REPLICATIONS)
+    unknown = [n for n in names if n not in REPLICATIONS]
+    if unknown:
+        raise ValueError(f"no replication for {', '.join(unknown)}; replications: {', '.join(REPLICATIONS)}")
+    failed = []
+    for name in names:
+        final = replicate(name, results_root=args.results, runs_root=args.runs, device=args.device,
+                          progress=not args.no_progress)  # fmt: skip
+        print(json.dumps({k: final[k] for k in ("model", "data", "metric", "value", "meets_target")}))
+        if final["meets_target"] is False:
+            failed.append(name)
+    if failed:
+        print(f"replab-fast: the target was missed by {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _add_train_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model by its paper's recipe on real offline data")
     p.add_argument("model", help="a registry name (replab-fast models)")
@@ -156,6 +179,15 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--which", choices=("last", "best"), default="last")
     p.add_argument("--device")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("replicate", help="train each paper's model to completion and write results/<model>/")
+    p.add_argument("models", nargs="*", help="models to replicate (default: every replication; --list names them)")
+    p.add_argument("--results", default="results", help="where results/<model>/ go")
+    p.add_argument("--runs", default="runs/replicate", help="the run folders (checkpoints)")
+    p.add_argument("--device")
+    p.add_argument("--list", action="store_true", help="the replications and their commands")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_replicate)
 
     p = sub.add_parser("generate", help="text from a trained language model, printed as it is sampled")
     p.add_argument("run", help="a run folder of llama-* or lstm-lm-* (or one of its checkpoint folders)")

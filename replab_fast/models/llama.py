@@ -108,6 +108,12 @@ class LlamaConfig(PresetConfig):
             dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=16,
             norm_eps=1e-5, max_seq_len=64, max_batch_size=8,
         ),
+        # CPU-trainable size (~1.2M parameters): trained on the standard library's source with a
+        # BPE tokenizer of 2048 ids (replab-fast replicate llama-cpu).
+        "cpu": dict(
+            dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=32,
+            norm_eps=1e-5, max_seq_len=128, max_batch_size=16,
+        ),
         # Benchmark size (~60M parameters): LLaMA proportions with the real 32k vocabulary.
         "small": dict(
             dim=512, n_layers=8, n_heads=8, vocab_size=32000, multiple_of=256,
@@ -608,6 +614,11 @@ SPECS = (
         "llama-tiny", "tiny", "LLaMA, CPU-test size (dim 64, 2 layers, 4 heads / 2 kv heads, vocab 256)",
         demo=True,
         overfit=OverfitRecipe(batch_size=4, steps=40, lr=1e-2, below=0.1),  # verified: ~0.002-0.006x at 30 steps
+    ),
+    FAMILY.preset(
+        "llama-cpu", "cpu",
+        "LLaMA, CPU-trainable size (dim 128, 4 layers, 4 heads / 2 kv heads, BPE vocab 2048, 128-token context)",
+        overfit=OverfitRecipe(batch_size=4, steps=40, lr=1e-2, below=0.1),
     ),
     FAMILY.preset(
         "llama-small", "small", "LLaMA, benchmark size (~60M parameters: dim 512, 8 layers, 8 heads, vocab 32000)",

@@ -138,6 +138,15 @@ RECIPES: dict[str, Recipe] = {
               "(Touvron et al. 2023, Sec. 2.2)",
         note="the paper's optimizer and schedule, scaled to a CPU: short warmup, higher peak lr",
     ),
+    "llama-cpu": Recipe(
+        metric="perplexity", data="stdlib", steps=3000, batch_size=16, optimizer="adamw", lr=2e-3,
+        weight_decay=0.1, betas=(0.9, 0.95), schedule=Schedule("cosine", warmup=150, min_ratio=0.1),
+        grad_clip=1.0, eval_every=250,
+        paper="AdamW (0.9, 0.95), weight decay 0.1, 2000 warmup steps, cosine to 10%, clip 1.0 "
+              "(Touvron et al. 2023, Sec. 2.2)",
+        note="the paper's optimizer and schedule at a CPU scale; a BPE tokenizer of 2048 ids trained on the "
+             "training split",
+    ),
     "llama-small": Recipe(
         metric="perplexity", data="stdlib", steps=5000, batch_size=32, optimizer="adamw", lr=6e-4,
         weight_decay=0.1, betas=(0.9, 0.95), schedule=Schedule("cosine", warmup=200, min_ratio=0.1),
