@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 from . import __version__
@@ -133,6 +134,12 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
         for name, rep in REPLICATIONS.items():
             print(f"{name:24s} {rep.command()}")
         return 0
+    if args.readme:
+        from .train.replicate import update_readme
+
+        print("README.md: results table " + ("updated" if update_readme(Path("README.md"), Path(args.results))
+                                             else "already current"))  # fmt: skip
+        return 0
     names = args.models or list(REPLICATIONS)
     unknown = [n for n in names if n not in REPLICATIONS]
     if unknown:
@@ -186,6 +193,7 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--runs", default="runs/replicate", help="the run folders (checkpoints)")
     p.add_argument("--device")
     p.add_argument("--list", action="store_true", help="the replications and their commands")
+    p.add_argument("--readme", action="store_true", help="only rewrite README.md's results table from --results")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_replicate)
 

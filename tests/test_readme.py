@@ -104,3 +104,11 @@ def test_every_picture_the_readme_shows_is_committed():
     assert pictures, "the README shows no picture"
     for path in pictures:
         assert (ROOT / path).is_file() and (ROOT / path).stat().st_size > 1000, path
+
+
+def test_the_results_table_is_the_committed_results():
+    from replab_fast.train.replicate import RESULTS_BEGIN, RESULTS_END, results_table
+
+    text = README.read_text()
+    current = text.split(RESULTS_BEGIN)[1].split(RESULTS_END)[0]
+    assert current == "\n" + results_table(ROOT / "results")

@@ -32,7 +32,7 @@ from .. import __version__
 from .inference import evaluate_checkpoint
 from .loop import RunOptions, Trainer
 
-__all__ = ["REPLICATIONS", "Replication", "Target", "replicate"]
+__all__ = ["REPLICATIONS", "Replication", "Target", "replicate", "results_table", "update_readme"]
 
 
 @dataclass(frozen=True)
@@ -180,3 +180,48 @@ def replicate(name: str, *, results_root: Path = Path("results"), runs_root: Pat
         + "".join(f"# {k} {v}\n" for k, v in versions.items()) + f"# {sys.platform}, {platform.machine()}\n"
     )
     return final
+
+
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _cell(final: dict[str, Any]) -> str:
+    value = final["value"]
+    text = f"{value:.4f}" if isinstance(value, float) else str(value)
+    if "pca_value" in final:
+        text += f" (PCA: {final['pca_value']:.4f})"
+    return text
+
+
+def results_table(results_root: Path = Path("results")) -> str:
+    """The README's results table, from every results/<model>/final.json (in REPLICATIONS' order)."""
+    rows = ["| model | data | metric (test) | ours | target | met | the paper's or the benchmark's figure | reproduce |",
+            "|---|---|---|---:|---|---|---|---|"]  # fmt: skip
+    for name in REPLICATIONS:
+        path = Path(results_root) / name / "final.json"
+        if not path.is_file():
+            continue
+        final = json.loads(path.read_text())
+        target = final["target"]
+        goal = {"": "-", ">=": f">= {target['threshold']}", "<=": f"<= {target['threshold']}", "<pca": "below PCA",
+                "=pca": "PCA's, within 2%"}[target["goal"]]  # fmt: skip
+        met = {True: "yes", False: "**no**", None: "-"}[final["meets_target"]]
+        has_card = (Path(results_root).resolve().parent / "docs" / "models" / f"{name}.md").exists()
+        card = f"[{name}](docs/models/{name}.md)" if has_card else name
+        rows.append(f"| {card} | {final['data']} | {final['metric']} | {_cell(final)} | {goal} | {met} | "
+                    f"{target['reference']} | `replab-fast replicate {name}` |")  # fmt: skip
+    if len(rows) == 2:
+        return "No replication result is committed yet: `make replicate` writes them.\n"
+    return "\n".join(rows) + "\n"
+
+
+def update_readme(readme: Path = Path("README.md"), results_root: Path = Path("results")) -> bool:
+    """Rewrite the README's results table between its markers; True if it changed."""
+    text = Path(readme).read_text()
+    begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{readme} has no {RESULTS_BEGIN} ... {RESULTS_END} markers")
+    new = text[: begin + len(RESULTS_BEGIN)] + "\n" + results_table(results_root) + text[end:]
+    if new != text:
+        Path(readme).write_text(new)
+    return new != text
