@@ -280,7 +280,8 @@ def test_opcheck(device):
     detached = [t.detach() for t in leaves]
     y, h_n, c_n, gates, cs = torch.ops.replab_fast.lstm(*detached)
     saved = (detached[0], detached[1], detached[3], detached[4], y, gates, cs)
-    for grads in [(torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n)), (None, torch.randn_like(h_n), None)]:
+    every = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n))
+    for grads in (every, (None, every[1], None)):
         torch.library.opcheck(torch.ops.replab_fast.lstm_backward.default, (*grads, *saved))
     h1, c1, g1 = torch.ops.replab_fast.lstm_cell(*(t.detach() for t in cell))
     args = (torch.randn_like(h1), None, cell[0].detach(), detached[1], detached[2], c1, g1, detached[3], detached[4])
@@ -329,11 +330,13 @@ def _layer_args(T=3, B=2, I=5, H=4, **changes):
         (dict(x=torch.randn(2, 5)), ValueError, r"expects x of shape \(T, B, input_size\)"),
         (dict(x=torch.randn(0, 2, 5)), ValueError, "T >= 1"),
         (dict(weight_hh=torch.randn(16, 5)), ValueError, r"weight_hh of shape \(4H, H\)"),
-        (dict(weight_ih=torch.randn(16, 6)), ValueError, r"weight_ih of shape \(4H, input_size\) = \(16, 5\), got \(16, 6\)"),
+        (dict(weight_ih=torch.randn(16, 6)), ValueError,
+         r"weight_ih of shape \(4H, input_size\) = \(16, 5\), got \(16, 6\)"),
         (dict(bias_hh=torch.randn(15)), ValueError, r"bias_hh of shape \(4H,\) = \(16,\), got \(15,\)"),
         (dict(h0=torch.randn(3, 4)), ValueError, r"h0 of shape \(B, H\) = \(2, 4\), got \(3, 4\)"),
         (dict(c0=torch.randn(2, 5)), ValueError, r"c0 of shape \(B, H\)"),
-        (dict(weight_hh=torch.randn(16, 4, dtype=torch.float64)), TypeError, "one dtype, got x: torch.float32 and weight_hh: torch.float64"),
+        (dict(weight_hh=torch.randn(16, 4, dtype=torch.float64)), TypeError,
+         "one dtype, got x: torch.float32 and weight_hh: torch.float64"),
         (dict(x=torch.randint(0, 3, (3, 2, 5))), TypeError, "got x of dtype torch.int64"),
         (dict(bias_ih=torch.randn(16, device="meta")), ValueError, "x is on cpu but bias_ih is on meta"),
     ],
@@ -354,6 +357,21 @@ def test_bad_cell_input_and_meta_tensors():
         ops.lstm(**meta)
 
 
+def test_bad_gradients_are_a_clear_error():
+    a = _layer_args()
+    y, h_n, c_n, gates, cs = torch.ops.replab_fast.lstm(*a.values())
+    saved = (a["x"], a["h0"], a["weight_ih"], a["weight_hh"], y, gates, cs)
+    with pytest.raises(ValueError, match=r"grad_y of shape \(its forward output's\) = \(3, 2, 4\), got \(3, 2, 5\)"):
+        torch.ops.replab_fast.lstm_backward(torch.randn(3, 2, 5), None, None, *saved)
+    with pytest.raises(TypeError, match="grad_c_n has unsupported dtype torch.int64"):
+        torch.ops.replab_fast.lstm_backward(None, None, torch.zeros(2, 4, dtype=torch.long), *saved)
+    h1, c1, g1 = torch.ops.replab_fast.lstm_cell(a["x"][0], a["h0"], a["c0"], a["weight_ih"], a["weight_hh"],
+                                                 a["bias_ih"], a["bias_hh"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"grad_h of shape \(its forward output's\) = \(2, 4\), got \(4,\)"):
+        torch.ops.replab_fast.lstm_cell_backward(torch.randn(4), None, a["x"][0], a["h0"], a["c0"], c1, g1,
+                                                 a["weight_ih"], a["weight_hh"])  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # The path and the compiled (CUDA) path, built for Hopper without a GPU
 # --------------------------------------------------------------------------------------------
@@ -361,14 +379,14 @@ def test_bad_cell_input_and_meta_tensors():
 
 def test_config_table():
     """Persistent up to PERSISTENT_MAX_HIDDEN (padded), per step above; on CUDA, resident W_hh up to
-    128 units in 16-bit and 64 in float32, streamed tiles above; the interpreter always resident."""
+    128 units in 16-bit and 32 in float32, streamed tiles above; the interpreter always resident."""
     from replab_fast.kernels._triton import record_launches
 
     cpu = torch.device("cpu")
     assert all(PERSISTENT_MAX_HIDDEN[d] == 256 for d in DTYPES)
     with record_launches():  # choose as for a CUDA device
-        for dtype, resident_up_to in [(torch.bfloat16, 128), (torch.float16, 128), (torch.float32, 64)]:
-            for H in (1, 17, 64, 100, 128, 200, 256, 257, 1024):
+        for dtype, resident_up_to in [(torch.bfloat16, 128), (torch.float16, 128), (torch.float32, 32)]:
+            for H in (1, 17, 32, 64, 100, 128, 200, 256, 257, 1024):
                 cfg = lstm_config(8, H, dtype, cpu)
                 assert cfg.persistent == (H <= 256), (dtype, H)
                 assert cfg.resident(H) == (H <= resident_up_to), (dtype, H)
@@ -380,47 +398,53 @@ def test_config_table():
 
 
 BENCH_CONFIGS = [(torch.bfloat16, 128), (torch.bfloat16, 256), (torch.bfloat16, 1024), (torch.float32, 128),
-                 (torch.float32, 256), (torch.float32, 512), (torch.bfloat16, 64), (torch.float32, 64)]  # fmt: skip
+                 (torch.float32, 256), (torch.float32, 512), (torch.bfloat16, 64), (torch.float32, 32)]  # fmt: skip
 SM90_SHARED_BYTES = 227 * 1024  # the most shared memory one block may use on an H100 / H200
+
+
+# Spills measured with triton 3.6 (none with 3.9): the resident 16-bit kernels at H = 128, 8 to 24 bytes per thread.
+TRITON_36_SPILLS = {(torch.bfloat16, 128): 24}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype,H", BENCH_CONFIGS, ids=[f"{str(d)[6:]}-H{h}" for d, h in BENCH_CONFIGS])
 def test_compiled_path_builds_for_hopper(dtype, H):
-    """Every launch of the CUDA path at the benchmarks' sizes (B = 64; the block sizes depend on H
-    and the dtype) compiles for sm_90 with this triton: no register spills, shared memory within
-    the SM's limit, the 16-bit recurrent products on the tensor cores (mma.sync: tl.dot's M is the
-    batch tile of 16 rows, under wgmma's 64), and no software pipelining (cp.async) in the
-    streamed kernels, whose loads must stay after their barrier."""
+    """Every launch of the CUDA path at the benchmarks' sizes (B = 1, which triton specializes, and
+    B = 64; the block sizes depend on H and the dtype) compiles for sm_90 with this triton: no
+    register spills (with triton 3.6: ``TRITON_36_SPILLS``), shared memory within the SM's limit,
+    the 16-bit recurrent products on the tensor cores (mma.sync: tl.dot's M is the batch tile of
+    16 rows, under wgmma's 64), and no software pipelining (cp.async) in the streamed kernels,
+    whose loads must stay after their barrier."""
+    import triton
+
     from replab_fast.kernels._triton import compile_for_cuda, record_launches
 
     reason = hopper_toolchain_reason()
     if reason:
         pytest.skip(reason)
-    B, T = 64, 2  # T only sizes the loops and the per-step launches
-    x, h0 = torch.empty(T, B, H, dtype=dtype), torch.empty(B, H, dtype=dtype)
-    w, b = torch.empty(4 * H, H, dtype=dtype), torch.empty(4 * H, dtype=dtype)
-    with record_launches(sm_count=132) as launches:
-        y, h_n, c_n, gates, cs = lstm_forward(x, h0, h0, w, w, b, b)
-        lstm_backward(y, h_n, c_n, x, h0, w, w, y, gates, cs)
-    names = sorted({launch.kernel.fn.__name__ for launch in launches})
     persistent = H <= 256
     expected = ["_lstm_persistent_bwd_kernel", "_lstm_persistent_fwd_kernel"] if persistent else [
         "_lstm_cell_bwd_kernel", "_lstm_cell_fwd_kernel"]  # fmt: skip
-    assert names == expected
-    done = set()
-    for launch in launches:
-        name = launch.kernel.fn.__name__
-        if name in done:
-            continue
-        done.add(name)
-        compiled = compile_for_cuda(launch, capability=90)
-        ptx = compiled.asm["ptx"]
-        if persistent and dtype == torch.bfloat16:
-            assert "mma.sync" in ptx, f"{name}: no tensor-core mma in the PTX"
-        if persistent and not launch.kwargs["RESIDENT"]:
-            assert "cp.async" not in ptx, f"{name}: a load is pipelined across the step barrier"
-        assert compiled.metadata.shared <= SM90_SHARED_BYTES, f"{name} needs {compiled.metadata.shared} bytes of shared memory"
-        stack = local_memory_bytes(compiled)
-        if stack is not None:
-            assert stack == 0, f"{name} spills {stack} bytes per thread"
+    old_triton = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9)
+    allowed = TRITON_36_SPILLS.get((dtype, H), 0) if old_triton else 0
+    for B in (1, 64):
+        T = 2  # T only sizes the loops and the per-step launches
+        x, h0 = torch.empty(T, B, H, dtype=dtype), torch.empty(B, H, dtype=dtype)
+        w, b = torch.empty(4 * H, H, dtype=dtype), torch.empty(4 * H, dtype=dtype)
+        with record_launches(sm_count=132) as launches:
+            y, h_n, c_n, gates, cs = lstm_forward(x, h0, h0, w, w, b, b)
+            lstm_backward(y, h_n, c_n, x, h0, w, w, y, gates, cs)
+        first = {launch.kernel.fn.__name__: launch for launch in reversed(launches)}  # one of each kernel
+        assert sorted(first) == expected
+        for name, launch in first.items():
+            compiled = compile_for_cuda(launch, capability=90)
+            ptx = compiled.asm["ptx"]
+            if persistent and dtype == torch.bfloat16:
+                assert "mma.sync" in ptx, f"{name}: no tensor-core mma in the PTX"
+            if persistent and not launch.kwargs["RESIDENT"]:
+                assert "cp.async" not in ptx, f"{name}: a load is pipelined across the step barrier"
+            shared = compiled.metadata.shared
+            assert shared <= SM90_SHARED_BYTES, f"{name} needs {shared} bytes of shared memory"
+            stack = local_memory_bytes(compiled)
+            if stack is not None:
+                assert stack <= allowed, f"{name} (B = {B}) spills {stack} bytes per thread"

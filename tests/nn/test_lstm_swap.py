@@ -142,7 +142,8 @@ def test_swapped_model_follows_the_parity_rule_in_float32(make):
     toks = tokens(T=exact.config.seq_len)
     runs = {name: output_and_grads(model, (toks,)) for name, model in (("exact", exact), ("ref", ref), ("fast", fast))}
     results = [parity.check("output", runs["fast"][0], runs["ref"][0], runs["exact"][0])]
-    results += [parity.check(f"grad {n}", runs["fast"][1][n], runs["ref"][1][n], g) for n, g in runs["exact"][1].items()]
+    fast_grads, ref_grads = runs["fast"][1], runs["ref"][1]
+    results += [parity.check(f"grad {n}", fast_grads[n], ref_grads[n], g) for n, g in runs["exact"][1].items()]
     failed = [str(r) for r in results if not r.passed]
     assert not failed, "\n".join(failed)
 
@@ -167,7 +168,8 @@ def test_drop_in_with_a_given_state_and_dropout_between_layers(batch_first):
         grads = [t.grad for t in leaves] + [p.grad for p in module.parameters()]
         results[which] = [out, h_n, c_n] + grads
     assert out.shape == x.shape[:2] + (12,)
-    names = ["output", "h_n", "c_n", "grad x", "grad h_0", "grad c_0"] + [f"grad {n}" for n, _ in ref.named_parameters()]
+    names = ["output", "h_n", "c_n", "grad x", "grad h_0", "grad c_0"]
+    names += [f"grad {n}" for n, _ in ref.named_parameters()]
     for name, a, b in zip(names, results["fast"], results["reference"]):
         close(name, a, b)
     with torch.no_grad():  # the masks mattered: without them the reference computes something else

@@ -37,17 +37,18 @@ steps, by torch: cuBLAS on CUDA; the four gates of a tile of units travel as one
   their units and all of W_hh, and walks every step on its own: nothing it reads was written by
   another program. So B sets the number of programs, cdiv(B, 16) (B = 256: 16 of the 132 SMs),
   and every program reads all of W_hh every step.
-  - resident (on CUDA: HP <= 128 for fp16 / bf16, HP <= 64 for fp32; in the interpreter every
+  - resident (on CUDA: HP <= 128 for fp16 / bf16, HP <= 32 for fp32; in the interpreter every
     persistent case): W_hh^T, one (HP, 4 HP) block, is loaded once (128 KB at HP = 128 in bf16;
-    ptxas keeps it in shared memory) and h, c are carried in registers: a step reads x_t W_ih^T
-    and writes h_t, c_t and the gates, nothing else.
-  - streamed (HP = 256, and 128 in fp32): per step, each tile of 64 units (fp32: 32) reduces
-    h_{t-1} against W_hh in chunks of 64 (32); W_hh comes from L2 (512 KB in bf16 at H = 256: it
-    fits L2, not one SM), h_{t-1} is read back from the output y written at step t-1 and c_{t-1}
-    from the saved states, after a CTA barrier (``tl.debug_barrier``) that orders the program's
-    own stores of one step before its loads of the next. Launched with num_stages = 1: no
-    software pipelining may move a load of step t above that barrier (the tests check for no
-    cp.async).
+    the compiled kernel keeps it in shared memory) and h, c are carried in registers: a step
+    reads x_t W_ih^T and writes h_t, c_t and the gates, nothing else. (fp32 at HP = 64 would fit,
+    144 KB for its 3xTF32 operands, but spills ~300 bytes per thread with triton 3.6.)
+  - streamed (HP = 256 for fp16 / bf16, 64 to 256 for fp32): per step, each tile of 64 units
+    (fp32: 16) reduces h_{t-1} against W_hh in chunks of 64 (fp32: 32); W_hh comes from L2
+    (512 KB in bf16 at H = 256: it fits L2, not one SM), h_{t-1} is read back from the output y
+    written at step t-1 and c_{t-1} from the saved states, after a CTA barrier
+    (``tl.debug_barrier``) that orders the program's own stores of one step before its loads of
+    the next. Launched with num_stages = 1: no software pipelining may move a load of step t
+    above that barrier (the tests check for no cp.async).
   The recurrent products of 16-bit inputs run on the tensor cores as mma.sync (mma v2): an M of
   16 batch rows is under wgmma's 64. (Computing the transposed products, W_hh h^T with M = 4 HP,
   would open wgmma; not done: GPU timing first.)
@@ -63,8 +64,9 @@ steps, by torch: cuBLAS on CUDA; the four gates of a tile of units travel as one
 
 GPU verification pending: no speed is claimed (bench/test_lstm.py measures against cuDNN). What
 ptxas makes of the kernels for sm_90 is checked without a GPU by the tests
-(``test_compiled_path_builds_for_hopper``, at the benchmarks' sizes: no register spills, shared
-memory within 227 KB, mma.sync for the 16-bit products).
+(``test_compiled_path_builds_for_hopper``, at the benchmarks' sizes: no register spills with
+triton 3.9 and at most 24 bytes per thread with 3.6, shared memory within 227 KB, mma.sync for
+the 16-bit products).
 
 The package: ``kernel.py`` (the cell's device functions and the per-step pointwise kernels),
 ``persistent.py`` (the whole-layer kernels), ``launch.py`` (host launchers and the config table),

@@ -63,11 +63,12 @@ def pointwise_config(n_batch: int, hidden: int, device: torch.device) -> LSTMCon
 def lstm_config(n_batch: int, hidden: int, dtype: torch.dtype, device: torch.device) -> LSTMConfig:
     """The path and block sizes of one layer (H100/H200 in mind), by padded H and dtype. The
     persistent kernels take H up to ``PERSISTENT_MAX_HIDDEN`` (the package docstring says why);
-    larger H runs per step. Checked with ptxas for sm_90 by the tests (no spills, shared memory
-    within the SM's 227 KB): resident W_hh up to HP = 128 in 16-bit (128 KB) and HP = 64 in
-    float32 (its 3xTF32 operands take 144 KB); streamed above. In the interpreter the persistent
-    path is always resident (the fewest numpy calls per step), on a batch tile of the batch's size
-    (its tl.dot takes any M)."""
+    larger H runs per step. Checked with ptxas for sm_90 by the tests (no spills with triton 3.9,
+    at most 16 bytes per thread with 3.6; shared memory within the SM's 227 KB): resident W_hh up
+    to HP = 128 in 16-bit (128 KB of shared memory), HP = 32 in float32 (resident at HP = 64, its
+    3xTF32 operands take 144 KB and triton 3.6 spills ~300 bytes); streamed above. In the
+    interpreter the persistent path is always resident (the fewest numpy calls per step), on a
+    batch tile of the batch's size (its tl.dot takes any M)."""
     hp = _padded(hidden)
     if hp > PERSISTENT_MAX_HIDDEN[dtype]:
         return pointwise_config(n_batch, hidden, device)
@@ -75,12 +76,12 @@ def lstm_config(n_batch: int, hidden: int, dtype: torch.dtype, device: torch.dev
         return LSTMConfig(True, min(next_power_of_2(n_batch), 64), hp, hp)
     if dtype in (torch.float16, torch.bfloat16):
         if hp <= 128:
-            return LSTMConfig(True, 16, hp, hp, num_warps=4 if hp <= 64 else 8)
+            return LSTMConfig(True, 16, hp, hp, num_warps=8 if hp <= 64 else 16)
         return LSTMConfig(True, 16, 64, 64, num_warps=8)
     if dtype == torch.float32:
-        if hp <= 64:
-            return LSTMConfig(True, 16, hp, hp, num_warps=4 if hp <= 32 else 8)
-        return LSTMConfig(True, 16, 32, 32, num_warps=8)
+        if hp <= 32:
+            return LSTMConfig(True, 16, hp, hp, num_warps=4)
+        return LSTMConfig(True, 16, 16, 32, num_warps=4)
     return LSTMConfig(True, 16, 16, 16, num_warps=4)  # float64: exactness, not speed
 
 
@@ -150,16 +151,23 @@ def check_layer_args(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tens
     return check_device(op, **tensors)
 
 
-def check_layer_grads(dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], y: Tensor,
-                      h0: Tensor) -> None:  # fmt: skip
-    for name, t, like in (("grad_y", dy, y), ("grad_h_n", dh_n, h0), ("grad_c_n", dc_n, h0)):
+def check_grads(op: str, like: Tensor, **grads: Optional[Tensor]) -> None:
+    """Each given gradient (None: zero) a tensor of ``like``'s shape (its forward output's), a
+    supported dtype, on ``like``'s device."""
+    for name, t in grads.items():
         if t is None:
             continue
-        _require_tensors("lstm_backward", **{name: t})
-        _check_shape("lstm_backward", name, t, tuple(like.shape), "the forward output's")
+        _require_tensors(op, **{name: t})
+        _check_shape(op, name, t, tuple(like.shape), "(its forward output's)")
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"lstm_backward: {name} has unsupported dtype {t.dtype}")
-        check_device("lstm_backward", y=y, **{name: t})
+            raise TypeError(f"{op}: {name} has unsupported dtype {t.dtype}")
+        check_device(op, output=like, **{name: t})
+
+
+def check_layer_grads(dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], y: Tensor,
+                      h0: Tensor) -> None:  # fmt: skip
+    check_grads("lstm_backward", y, grad_y=dy)
+    check_grads("lstm_backward", h0, grad_h_n=dh_n, grad_c_n=dc_n)
 
 
 def cell_outputs(x: Tensor, c: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -225,6 +233,7 @@ def lstm_cell_backward(
     """(dx, dh, dc, dweight_ih, dweight_hh, dbias) of one step from the gradients of h_next and
     c_next (None: zero) and what the forward saved (c_next, gates); dbias is the gradient of both biases."""
     device = check_device("lstm_cell_backward", x=x, h=h, c=c, c_next=c_next, gates=gates)
+    check_grads("lstm_cell_backward", c, grad_h=grad_h, grad_c=grad_c)
     B, H = c.shape
     dgates = gates.new_empty((B, 4 * H))
     dc_state = _dc_state(grad_c, c)

@@ -11,6 +11,7 @@ from .._triton import register_op
 from .launch import (
     cell_outputs,
     check_cell_args,
+    check_grads,
     check_layer_args,
     check_layer_grads,
     layer_outputs,
@@ -47,6 +48,7 @@ def _lstm_cell_backward_fake(
     grad_h: Optional[Tensor], grad_c: Optional[Tensor], x: Tensor, h: Tensor, c: Tensor, c_next: Tensor,
     gates: Tensor, weight_ih: Tensor, weight_hh: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    check_grads("lstm_cell_backward", c, grad_h=grad_h, grad_c=grad_c)
     return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape), weight_ih.new_empty(weight_ih.shape),
             weight_hh.new_empty(weight_hh.shape), gates.new_empty((gates.shape[1],)))  # fmt: skip
 

@@ -163,8 +163,8 @@ def _lstm_persistent_fwd_kernel(
         c = tl.load(cs_ptr + state_rows, mask=mask, other=0.0).to(cdt)  # c0: row 0 of cs
         gate_stride = _row_offsets(1, 0, n_batch, 4 * hidden)  # B 4H elements per step, int64
         state_stride = _row_offsets(1, 0, n_batch, hidden)  # B H
-        args = (xg_ptr, y_ptr, cs_ptr, gates_ptr, gate_rows, state_rows, gate_mask, mask, is_g, gate_stride, state_stride,
-                w_t, bias)  # fmt: skip
+        args = (xg_ptr, y_ptr, cs_ptr, gates_ptr, gate_rows, state_rows, gate_mask, mask, is_g, gate_stride,
+                state_stride, w_t, bias)  # fmt: skip
         block_loop(_resident_fwd_step, (h, c), args, 0, seq_len, 1, (BLOCK_B, BLOCK_H, IS_FP64, INTERPRETED),
                    INTERPRETED)  # fmt: skip
     else:
@@ -315,8 +315,8 @@ def _streamed_dh0(args, FLAGS: tl.constexpr):
         unit_mask = units < hidden
         dh0 = _recurrent_grad(dgates_ptr, first_base, row_mask, w_ptr, units, unit_mask, hidden, BLOCK_B, BLOCK_H,
                               BLOCK_K, K_TILES, cdt, INTERPRETED)  # fmt: skip
-        tl.store(dh0_ptr + batch_base[:, None] + units[None, :], cast_for_store(dh0, dh0_ptr.dtype.element_ty, INTERPRETED),
-                 mask=row_mask[:, None] & unit_mask[None, :])  # fmt: skip
+        dh0 = cast_for_store(dh0, dh0_ptr.dtype.element_ty, INTERPRETED)
+        tl.store(dh0_ptr + batch_base[:, None] + units[None, :], dh0, mask=row_mask[:, None] & unit_mask[None, :])
 
 
 @triton.jit
@@ -364,16 +364,16 @@ def _lstm_persistent_bwd_kernel(
         dc = tl.load(dc_ptr + state_rows, mask=mask, other=0.0).to(cdt)
         gate_stride = _row_offsets(1, 0, n_batch, 4 * hidden)  # B 4H elements per step, int64
         state_stride = _row_offsets(1, 0, n_batch, hidden)  # B H
-        args = (dy_ptr, gates_ptr, cs_ptr, dgates_ptr, gate_rows, state_rows, gate_mask, mask, gate_stride, state_stride,
-                seq_len, w)  # fmt: skip
+        args = (dy_ptr, gates_ptr, cs_ptr, dgates_ptr, gate_rows, state_rows, gate_mask, mask, gate_stride,
+                state_stride, seq_len, w)  # fmt: skip
         dh_rec, dc = block_loop(_resident_bwd_step, (dh_rec, dc), args, 0, seq_len, 1,
                                 (BLOCK_B, BLOCK_H, HAS_DY, IS_FP64, INTERPRETED), INTERPRETED)  # fmt: skip
         tl.store(dh0_ptr + state_rows, cast_for_store(dh_rec, dh0_ptr.dtype.element_ty, INTERPRETED), mask=mask)
         tl.store(dc_ptr + state_rows, cast_for_store(dc, dc_ptr.dtype.element_ty, INTERPRETED), mask=mask)
     else:
         args = (dy_ptr, dh_n_ptr, w_ptr, gates_ptr, cs_ptr, dgates_ptr, dh0_ptr, dc_ptr, rows, n_batch, hidden, seq_len)
-        _streamed_bwd_body(seq_len - 1, args,
-                           (BLOCK_B, BLOCK_H, BLOCK_K, HIDDEN_TILES, K_TILES, True, HAS_DY, HAS_DH_N, IS_FP64, INTERPRETED))
+        _streamed_bwd_body(seq_len - 1, args, (BLOCK_B, BLOCK_H, BLOCK_K, HIDDEN_TILES, K_TILES, True, HAS_DY, HAS_DH_N,
+                                               IS_FP64, INTERPRETED))  # fmt: skip
         block_loop(_streamed_bwd_step, (tl.program_id(0) * 0,), args, 1, seq_len, 1,
                    (BLOCK_B, BLOCK_H, BLOCK_K, HIDDEN_TILES, K_TILES, False, HAS_DY, HAS_DH_N, IS_FP64, INTERPRETED),
                    INTERPRETED)  # fmt: skip
