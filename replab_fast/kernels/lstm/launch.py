@@ -299,7 +299,7 @@ def lstm_forward(
     T, B, H = y.shape
     if B == 0:
         return y, h_n, c_n, gates, cs
-    xg = torch.mm(x.reshape(T * B, -1), w_ih.t()).view(T, B, 4 * H)  # every step's x_t W_ih^T at once
+    xg = torch.mm(x.reshape(T * B, x.shape[2]), w_ih.t()).view(T, B, 4 * H)  # every step's x_t W_ih^T at once
     w_hh, b_ih, b_hh, h0 = (t.contiguous() for t in (w_hh, b_ih, b_hh, h0))
     cs[0].copy_(c0)  # the state dtype from here on
     cfg = config or lstm_config(B, H, x.dtype, device)
@@ -361,13 +361,13 @@ def lstm_backward(
     if B == 0:
         dh0 = h0.new_zeros(h0.shape)
     else:
-        dy, dh_n = (t.to(y.dtype).contiguous() if t is not None else None for t in (dy, dh_n))
+        dy, dh_n = (t.contiguous() if t is not None else None for t in (dy, dh_n))  # read in their own dtype
         cfg = config or lstm_config(B, H, x.dtype, device)
         run = _persistent_backward if cfg.persistent else _per_step_backward
         dh0 = run(dy, dh_n, w_hh.contiguous(), gates, cs, dgates, dc, cfg, device)
     dgates2 = dgates.view(T * B, 4 * H)
     h_prev = torch.cat([h0.unsqueeze(0), y[: T - 1]]).view(T * B, H)  # h_{t-1} of every step
     dx = torch.mm(dgates2, w_ih).view(x.shape)
-    dw_ih = torch.mm(dgates2.t(), x.reshape(T * B, -1))
+    dw_ih = torch.mm(dgates2.t(), x.reshape(T * B, x.shape[2]))
     dw_hh = torch.mm(dgates2.t(), h_prev)
     return dx, dh0, dc.to(h0.dtype), dw_ih, dw_hh, _bias_grad(dgates2)

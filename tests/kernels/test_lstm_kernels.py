@@ -193,6 +193,18 @@ def test_float64_gradcheck(device):
     assert torch.autograd.gradcheck(lambda *ls: ops.lstm_cell(*ls), cell, fast_mode=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    """B = 0: empty outputs and gradients of the right shapes, zero weight gradients."""
+    leaves = make_leaves(3, 0, 5, 6, torch.float32, device, seed=12)
+    y, h_n, c_n = ops.lstm(*leaves)
+    assert y.shape == (3, 0, 6) and h_n.shape == c_n.shape == (0, 6)
+    (y.sum() + h_n.sum() + c_n.sum()).backward()
+    for t in leaves:
+        assert t.grad.shape == t.shape
+    assert not leaves[3].grad.any() and not leaves[5].grad.any()
+
+
 def test_poisoning_is_active():
     assert torch.isnan(torch.empty(8)).all()  # the premise of every "no NaN" check above
 
