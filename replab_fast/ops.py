@@ -20,11 +20,12 @@ from torch import ops as _torch_ops
 
 from .kernels import unavailable_reason
 
-__all__ = ["attention", "conv2d", "rms_norm", "rms_norm_residual", "rope"]
+__all__ = ["attention", "conv2d", "lstm", "lstm_cell", "rms_norm", "rms_norm_residual", "rope"]
 
 _TRITON_UNAVAILABLE = unavailable_reason()  # None where the Triton kernels can run
 if _TRITON_UNAVAILABLE is None:
     from .kernels.attention import op as _attention  # noqa: F401  (registers replab_fast::attention*)
+    from .kernels.lstm import op as _lstm  # noqa: F401  (registers replab_fast::lstm*)
     from .kernels.rms_norm import op as _rms_norm  # noqa: F401  (registers replab_fast::rms_norm*)
     from .kernels.rope import op as _rope  # noqa: F401  (registers replab_fast::rope*)
 
@@ -122,6 +123,51 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: Op
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     _require_triton("attention")
     return _torch_ops.replab_fast.attention(q, k, v, bool(causal), float(scale))[0]
+
+
+def lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step of one layer, its pointwise part fused: ``(h', c')`` from ``(x, h, c)``.
+
+    Args:
+        x: (B, input_size); h, c: (B, H); weight_ih: (4H, input_size); weight_hh: (4H, H);
+            bias_ih, bias_hh: (4H,); gate rows in torch.nn.LSTM's order i, f, g, o. One dtype for
+            all (float16 / bfloat16 / float32 / float64), one device.
+
+    Returns:
+        (h', c'), each (B, H), contiguous, in the inputs' dtype: the two projections by torch
+        (cuBLAS on CUDA), then one kernel for the gates, c' = f c + i g and h' = o tanh(c'),
+        computed in fp32 (fp64 for float64), sigmoid and tanh stable at any input. Differentiable in
+        every input (one pointwise backward kernel, then GEMMs); the forward saves the activated
+        gates. Same function as ``replab_fast.models.lstm.lstm_cell``.
+    """
+    _require_triton("lstm_cell")
+    h_next, c_next, _ = _torch_ops.replab_fast.lstm_cell(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    return h_next, c_next
+
+
+def lstm(
+    x: Tensor, h0: Tensor, c0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor, bias_hh: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer over a whole sequence: ``(y, h_n, c_n)`` from x and the initial state.
+
+    Args:
+        x: (T, B, input_size), T >= 1, time-major (read through a copy when its (T, B) dims do not
+            flatten to rows); h0, c0: (B, H); weights and biases as for :func:`lstm_cell`. One
+            dtype for all (float16 / bfloat16 / float32 / float64), one device.
+
+    Returns:
+        y (T, B, H) (every h_t), h_n and c_n (B, H), contiguous, in the inputs' dtype. The input
+        projection of all steps is one GEMM; the recurrence is one persistent kernel launch for
+        H <= 256 (each program owns a tile of batch rows for all T steps, keeping the state in
+        fp32) and a GEMM plus a fused pointwise kernel per step above. Differentiable in every
+        input, backward through time in kernels as well. A layer of ``replab_fast.models.lstm.LSTM``;
+        the package docstring of ``replab_fast.kernels.lstm`` gives the design and its limits.
+    """
+    _require_triton("lstm")
+    y, h_n, c_n, _, _ = _torch_ops.replab_fast.lstm(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    return y, h_n, c_n
 
 
 def conv2d(

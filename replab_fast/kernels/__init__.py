@@ -1,6 +1,6 @@
 """What the Triton kernels share and can run on, said without importing triton.
 
-One package per op (``rms_norm``, ``rope``, ``attention``, and ``conv2d`` for the C++/CUDA
+One package per op (``rms_norm``, ``rope``, ``attention``, ``lstm``, and ``conv2d`` for the C++/CUDA
 extension's glue). Each package's ``__init__`` holds what the op supports and why it cannot run
 a module (imported by the drop-ins in ``replab_fast.nn``, on machines without Triton too); its
 submodules hold the four layers: ``kernel.py`` (the ``@triton.jit`` device code), ``launch.py``
