@@ -79,13 +79,13 @@ def measure_ceilings(device: torch.device, *, quick: bool = False) -> Ceilings:
     dst = torch.empty_like(src)
     copy_timing = measure([lambda: dst.copy_(src)], device, policy, cache="streaming")
     copy_bytes = 2 * src.numel() * src.element_size()
-    del src, dst
+    src = dst = None  # free the buffers before the matmul
 
     M, N, K = mm
     a = torch.randn(M, K, generator=gen, device=device).to(mm_dtype)
     b = torch.randn(K, N, generator=gen, device=device).to(mm_dtype)
     mm_timing = measure([lambda: torch.mm(a, b)], device, policy, cache="none")
-    del a, b
+    a = b = None  # free the operands
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Ceilings(

@@ -24,6 +24,8 @@ CASES = [
     ("autoencoder-conv", {}, 8, 16),
     ("alexnet-10class", {"image_size": 67, "dropout": 0.0}, 4, 4),
     ("llama-tiny", {"max_seq_len": 16, "n_layers": 1}, 5, 4),
+    ("lstm-lm-small", {"hidden_size": 24, "embed_dim": 16, "seq_len": 12}, 3, 4),
+    ("lstm-classifier-small", {"hidden_size": 20, "embed_dim": 8, "seq_len": 12}, 3, 4),
 ]
 
 
