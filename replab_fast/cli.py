@@ -1,5 +1,5 @@
-"""The `replab-fast` command: `models`, `demo`, `train`, `eval`, `generate`, `bench-report` (also
-`python -m replab_fast`)."""
+"""The `replab-fast` command: `models`, `demo`, `train`, `eval`, `generate`, `diagnose`, `bench-report`
+(also `python -m replab_fast`)."""
 
 from __future__ import annotations
 
@@ -156,6 +156,36 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .train.diagnose import DiagnoseOptions, diagnose
+
+    options = DiagnoseOptions(model=args.model, out=args.out, data=args.data, steps=args.steps,
+                              sweep_steps=args.sweep_steps, lr=args.lr, device=args.device, seed=args.seed,
+                              overrides=dict(args.config))  # fmt: skip
+    report = diagnose(options)
+    print(report.text())
+    return 0 if report.passed else 1
+
+
+def _add_diagnose_command(sub) -> None:
+    from .train.diagnose import DEFAULT_STEPS, SWEEP_STEPS
+
+    p = sub.add_parser("diagnose", help="the debugging gauntlet on real data: overfit 1/10/100 examples, gradients, "
+                                        "init and activation scales, a learning-rate sweep")  # fmt: skip
+    p.add_argument("model", help="a registry name (replab-fast models)")
+    p.add_argument("--data", help="a dataset name or path, as for train")
+    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="full-batch Adam steps of each overfit run")
+    p.add_argument("--sweep-steps", type=positive_int, default=SWEEP_STEPS,
+                   help="mini-batch steps of each learning-rate run")
+    p.add_argument("--lr", type=positive_float, help="the overfit learning rate (default: the model's overfit recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--config", type=config_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="a model config field (repeatable), e.g. --config max_seq_len=16")
+    p.add_argument("--out", help="report.json and lr_sweep.png (default: runs/diagnose-MODEL)")
+    p.set_defaults(func=_cmd_diagnose)
+
+
 def _add_train_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model by its paper's recipe on real offline data")
     p.add_argument("model", help="a registry name (replab-fast models)")
@@ -227,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     _add_train_commands(sub)
+    _add_diagnose_command(sub)
 
     from .bench_report import add_arguments as add_bench_report_arguments
 

@@ -7,6 +7,9 @@
 - ``metrics.py``: each paper's metric; ``logs.py``: metrics.jsonl and the curves;
 - ``checkpoint.py``: atomic safetensors checkpoints; ``inference.py``: eval and generate from one;
 - ``distributed.py``: torchrun, DDP for every family, FSDP2 for LLaMA, full checkpoints.
+- ``diagnose.py``: ``replab-fast diagnose``, the debugging gauntlet on real data (its checks in
+  ``gauntlet.py``, each model's documented initialization in ``init_rules.py``, the report in
+  ``diagnose_report.py``).
 
 Importing this package imports none of them.
 """

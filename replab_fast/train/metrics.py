@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["METRICS", "Metric", "evaluate"]
+__all__ = ["METRICS", "Metric", "evaluate", "predict_classes"]
 
 Batch = tuple[tuple[Tensor, ...], Tensor]
 
@@ -43,7 +43,8 @@ METRICS = {
 }
 
 
-def _predict(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+def predict_classes(model: nn.Module, inputs: tuple[Tensor, ...]) -> Tensor:
+    """The predicted class of each example (see the module docstring)."""
     predict = getattr(model, "predict", None)
     if callable(predict):
         return predict(*inputs)  # (B,)
@@ -73,7 +74,7 @@ def evaluate(model: nn.Module, loss_fn: Callable[[nn.Module, tuple, Tensor], Ten
             examples += n
             tokens += target.numel()
             if metric.kind == "classification":
-                wrong += float((_predict(model, inputs) != target).sum())
+                wrong += float((predict_classes(model, inputs) != target).sum())
             elif metric.kind == "reconstruction":
                 diff = (_reconstruction(model, inputs).double() - target.double()).flatten(1)  # (B, pixels)
                 sse += float(diff.pow(2).sum())

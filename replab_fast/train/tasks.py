@@ -73,14 +73,16 @@ class Task:
         return DataLoader(self.splits[split], batch_size=batch_size, shuffle=False, collate_fn=self.collate)
 
 
-def make_task(model_name: str, model: nn.Module, recipe: Recipe, data: Optional[str], *, seed: int) -> Task:
+def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data: Optional[str], *, seed: int) -> Task:
     """The task of ``model`` (a registry model built with the run's overrides) on ``data``
-    (the recipe's dataset when None)."""
+    (when None, the recipe's dataset, or the model's default one where there is no recipe)."""
     from ..data import task_of
 
     config_fields = _config_overrides(model)
     kind = task_of(model_name, **config_fields)
-    dataset, path = parse_data(model_name, data if data is not None else recipe.data, kind)
+    if data is None and recipe is not None:
+        data = recipe.data
+    dataset, path = parse_data(model_name, data, kind)
     model_data = for_model(model_name, dataset=dataset, data=path, seed=seed, **config_fields)
     dtype = next(model.parameters()).dtype
     describe = {"name": model_data.dataset, "source": model_data.source, "task": model_data.task,
