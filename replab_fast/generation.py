@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Sampling", "decode", "sample"]
+__all__ = ["Sampling", "collect", "decode", "sample"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,9 @@ def decode(
         if i + 1 == max_new_tokens or (eos_id is not None and bool(finished.all())):
             return
         logits = step(tokens, i)  # (B, V)
+
+
+def collect(prompt: Tensor, tokens: Iterator[Tensor]) -> Tensor:
+    """The prompt (B, T0) followed by the streamed tokens (each (B,)): ids (B, T0 + n), int64."""
+    new = list(tokens)
+    return torch.cat([prompt.long(), torch.stack(new, dim=1)], dim=1) if new else prompt.long().clone()

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..generation import Sampling, decode
+from ..generation import Sampling, collect, decode
 from .config import PresetConfig
 from .registry import Family, OverfitRecipe
 
@@ -581,8 +581,7 @@ class Llama(nn.Module):
         """Continue ``prompt`` (B, T0) by up to ``max_new_tokens``: the token ids (B, T0 + n), n the
         number drawn (``max_new_tokens``, or fewer when every sequence reached ``eos_id``).
         Options as :meth:`stream`. Decode the ids with the tokenizer the model was trained with."""
-        new = list(self.stream(prompt, max_new_tokens, **sampling))
-        return torch.cat([prompt.long(), torch.stack(new, dim=1)], dim=1) if new else prompt.long().clone()
+        return collect(prompt, self.stream(prompt, max_new_tokens, **sampling))
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..generation import Sampling, decode
+from ..generation import Sampling, collect, decode
 from .config import PresetConfig
 from .registry import Batch, Family, OverfitRecipe
 
@@ -358,8 +358,7 @@ class LSTMLanguageModel(_LSTMStack):
     def generate(self, prompt: Tensor, max_new_tokens: int, **sampling) -> Tensor:
         """Continue ``prompt`` (B, T0) by up to ``max_new_tokens``: the token ids (B, T0 + n), n the
         number drawn (fewer when every sequence reached ``eos_id``). Options as :meth:`stream`."""
-        new = list(self.stream(prompt, max_new_tokens, **sampling))
-        return torch.cat([prompt.long(), torch.stack(new, dim=1)], dim=1) if new else prompt.long().clone()
+        return collect(prompt, self.stream(prompt, max_new_tokens, **sampling))
 
 
 class LSTMClassifier(_LSTMStack):

@@ -36,8 +36,8 @@ from replab_fast.models.registry import count_parameters
 FP32_TOL = dict(atol=1e-5, rtol=1e-5)
 FP64_TOL = dict(atol=1e-12, rtol=1e-12)
 
-NAMES = ["llama-tiny", "llama-small", "llama-7b", "llama-13b"]
-PRESET_OF = {"llama-tiny": "tiny", "llama-small": "small", "llama-7b": "7B", "llama-13b": "13B"}
+NAMES = ["llama-tiny", "llama-cpu", "llama-small", "llama-7b", "llama-13b"]
+PRESET_OF = {"llama-tiny": "tiny", "llama-cpu": "cpu", "llama-small": "small", "llama-7b": "7B", "llama-13b": "13B"}
 EXACT_PARAMS = {
     "llama-tiny": 125_248,
     "llama-small": 60_039_680,

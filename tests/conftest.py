@@ -1,3 +1,5 @@
+"""Fixtures every test folder may use."""
+
 import pytest
 import torch
 
