@@ -39,6 +39,7 @@ FP64_TOL = dict(atol=1e-12, rtol=1e-12)
 NAMES = ["llama-tiny", "llama-cpu", "llama-small", "llama-7b", "llama-13b"]
 PRESET_OF = {"llama-tiny": "tiny", "llama-cpu": "cpu", "llama-small": "small", "llama-7b": "7B", "llama-13b": "13B"}
 EXACT_PARAMS = {
+    "llama-cpu": 1_262_720,  # 2 x 2048 x 128 (embedding, output) + 4 blocks x 184,576 + 128 (the final norm)
     "llama-tiny": 125_248,
     "llama-small": 60_039_680,
     "llama-7b": 6_738_415_616,  # Meta's released LLaMA-7B
