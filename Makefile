@@ -6,11 +6,12 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: help torch ninja install install-test demo test data cuda-compile-check newest-torch-check
+.PHONY: help torch ninja install install-test demo test data docs cuda-compile-check newest-torch-check
 
 help:
 	@echo "make demo   install, then run every model family reference vs fast (replab-fast demo)"
 	@echo "make test   install with the test extras, then run the test suite"
+	@echo "make docs   the model cards' diagrams and generated sections (docs/models/), the README's list of cards"
 	@echo "make data   Fashion-MNIST: Debian's dataset-fashion-mnist (root + apt), else a checked download into ~/.cache"
 	@echo "make cuda-compile-check  compile every csrc source as C++17 and C++20 (.cu: nvcc, sm_80 and sm_90), warnings as errors (no GPU needed)"
 	@echo "make newest-torch-check  a fresh venv, the plain pip install -e . (newest torch), conv/swap/model tests"
@@ -59,6 +60,13 @@ data:
 	  echo "data: no apt-get as root here; downloading Fashion-MNIST into the user cache"; \
 	  $(PYTHON) -m replab_fast.data.download fashion-mnist; \
 	fi
+
+# The model cards (docs/models/<model>.md): the diagram of every model with a card, drawn from its
+# module, then every card's generated sections and the README's list of cards. The package runs
+# from this checkout; nothing is installed.
+docs:
+	$(PYTHON) -m replab_fast.cli diagram --out docs/models
+	$(PYTHON) -m replab_fast.cli cards
 
 demo: install
 	$(PYTHON) -m replab_fast.cli demo

@@ -1,5 +1,5 @@
-"""The `replab-fast` command: `models`, `demo`, `train`, `eval`, `generate`, `diagnose`, `bench-report`
-(also `python -m replab_fast`)."""
+"""The `replab-fast` command: `models`, `demo`, `train`, `eval`, `generate`, `diagnose`, `replicate`,
+`bench-report`, `diagram`, `cards` (also `python -m replab_fast`)."""
 
 from __future__ import annotations
 
@@ -240,6 +240,43 @@ def _add_train_commands(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+def _cmd_diagram(args: argparse.Namespace) -> int:
+    from .cards import card_models
+    from .diagram import render, trace
+
+    names = args.models or card_models(args.out)
+    if not names:
+        raise ValueError(f"no models named and no model card in {args.out}")
+    for name in names:
+        path = render(trace(name, device=args.device), Path(args.out) / f"{name}.png")
+        print(f"diagram: {path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+def _cmd_cards(args: argparse.Namespace) -> int:
+    from .cards import run
+
+    changed = run(args.models, Path(args.root), init=args.init, readme=not args.no_readme)
+    print("\n".join(f"cards: {path} updated" for path in changed) or "cards: every card is up to date")
+    return 0
+
+
+def _add_docs_commands(sub) -> None:
+    p = sub.add_parser("diagram", help="draw models' architecture diagrams from the modules (PNG)")
+    p.add_argument("models", nargs="*", help="registry names (default: every model with a card in --out)")
+    p.add_argument("--out", default="docs/models", help="the folder of the pictures (default: docs/models)")
+    p.add_argument("--device", choices=("cpu", "meta"),
+                   help="meta: shapes and counts only, no memory (the default above 100M parameters: llama-7b, -13b)")
+    p.set_defaults(func=_cmd_diagram)
+
+    p = sub.add_parser("cards", help="regenerate the model cards' generated sections and the README's list")
+    p.add_argument("models", nargs="*", help="registry names (default: every card in ROOT/docs/models)")
+    p.add_argument("--root", default=".", help="the repository root (default: the current folder)")
+    p.add_argument("--init", action="store_true", help="write the skeleton of each named card that is missing")
+    p.add_argument("--no-readme", action="store_true", help="leave README.md's list of cards alone")
+    p.set_defaults(func=_cmd_cards)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replab-fast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"replab_fast {__version__}")
@@ -258,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_commands(sub)
     _add_diagnose_command(sub)
+    _add_docs_commands(sub)
 
     from .bench_report import add_arguments as add_bench_report_arguments
 

@@ -363,7 +363,10 @@ def _make_conv_batch(model: nn.Module, batch_size: int, *, generator: torch.Gene
 
 
 def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
-    """The reconstruction loss, the forward through ``model`` (a DDP / compile wrapper too)."""
+    """The reconstruction error: cross-entropy on the pre-sigmoid output for a logistic output
+    layer, squared error for a linear one (the config's ``loss``).
+
+    The forward runs through ``model`` (a DDP / compile wrapper too)."""
     kind = getattr(unwrap(model).config, "loss", "bce")
     return _reconstruction_loss(model(*inputs, logits=True), target, kind)
 

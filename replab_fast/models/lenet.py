@@ -464,6 +464,7 @@ def _make_batch(model: nn.Module, batch_size: int, *, generator: torch.Generator
 
 
 def _loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    """The MAP criterion of eq. (9) on the RBF penalties (classic), cross-entropy on the logits (modern)."""
     return unwrap(model).loss(model(*inputs), target)  # the forward through a DDP / compile wrapper
 
 

@@ -346,6 +346,9 @@ class Attention(nn.Module):
         self.cache_k = None
         self.cache_v = None
 
+    def extra_repr(self) -> str:
+        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"
+
     def rotate(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """RoPE on queries (B, T, Hq, D) and keys (B, T, Hk, D); cos, sin: (T, D/2)."""
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -383,6 +386,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (..., dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.w1.in_features}, hidden_dim={self.w1.out_features}"
 
 
 class TransformerBlock(nn.Module):

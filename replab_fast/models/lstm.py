@@ -410,6 +410,7 @@ def make_classifier_batch(model: LSTMClassifier, batch_size: int, *, generator: 
 
 
 def classifier_loss(model: nn.Module, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
+    """Cross-entropy of the class logits against the labels."""
     return F.cross_entropy(model(*inputs), target)
 
 
