@@ -59,7 +59,10 @@ def evaluate_checkpoint(path: Path, *, split: str = "test", which: str = "last",
     model, meta = load_model(folder, device=device)
     recipe = recipe_for(meta["model"])
     data = meta.get("data", {}).get("arg")
-    task = make_task(meta["model"], model, recipe, data, seed=meta.get("seed", 0))
+    tokenizer = _run_folder(folder) / meta["tokenizer"] if meta.get("tokenizer") else None
+    if tokenizer is not None and not tokenizer.is_file():
+        raise ckpt.CheckpointError(f"{tokenizer} is missing: the run's tokenizer is saved beside its checkpoints")
+    task = make_task(meta["model"], model, recipe, data, seed=meta.get("seed", 0), tokenizer=tokenizer)
     spec = get_spec(meta["model"])
     metric = METRICS[meta["recipe"]["metric"]]
     dev = next(model.parameters()).device

@@ -40,7 +40,7 @@ from .metrics import METRICS, evaluate
 from .recipes import Recipe, recipe_for
 from .sampler import BatchStream
 from .schedule import make_scheduler
-from .tasks import Task, make_task
+from .tasks import TOKENIZER_FILE, Task, make_task
 
 __all__ = ["RunOptions", "RunResult", "train"]
 
@@ -124,7 +124,9 @@ class Trainer:
         overrides = {**dict(self.recipe.model_overrides), **options.overrides}
         self.model = create_model(options.model, device=self.device, **overrides)
         self.config = _config_dict(self.model)
-        self.task: Task = make_task(options.model, self.model, self.recipe, options.data, seed=options.seed)
+        saved_tokenizer = self.out / TOKENIZER_FILE
+        self.task: Task = make_task(options.model, self.model, self.recipe, options.data, seed=options.seed,
+                                    tokenizer=saved_tokenizer if options.resume and saved_tokenizer.is_file() else None)
         self.metric = METRICS[self.recipe.metric]
         if options.fast:
             accelerate(self.model, interpret=options.interpret)

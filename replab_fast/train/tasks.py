@@ -73,9 +73,12 @@ class Task:
         return DataLoader(self.splits[split], batch_size=batch_size, shuffle=False, collate_fn=self.collate)
 
 
-def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data: Optional[str], *, seed: int) -> Task:
+def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data: Optional[str], *, seed: int,
+              tokenizer: Optional[Path] = None) -> Task:  # fmt: skip
     """The task of ``model`` (a registry model built with the run's overrides) on ``data``
-    (when None, the recipe's dataset, or the model's default one where there is no recipe)."""
+    (when None, the recipe's dataset, or the model's default one where there is no recipe).
+    ``tokenizer``: a saved tokenizer file (a resumed or evaluated run reads its text as training
+    did), else the language models' tokenizer is made from the training split."""
     from ..data import task_of
 
     config_fields = _config_overrides(model)
@@ -83,7 +86,8 @@ def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data:
     if data is None and recipe is not None:
         data = recipe.data
     dataset, path = parse_data(model_name, data, kind)
-    model_data = for_model(model_name, dataset=dataset, data=path, seed=seed, **config_fields)
+    extra = {"tokenizer": str(tokenizer)} if tokenizer is not None else {}
+    model_data = for_model(model_name, dataset=dataset, data=path, seed=seed, **extra, **config_fields)
     dtype = next(model.parameters()).dtype
     describe = {"name": model_data.dataset, "source": model_data.source, "task": model_data.task,
                 "items": model_data.input_format, "sizes": {s: len(d) for s, d in model_data.splits.items()},
