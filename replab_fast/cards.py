@@ -34,7 +34,7 @@ BLOCKS = ("summary", "paper", "diagram", "notes", "training", "results")
 CARDS_DIR = Path("docs/models")
 README_BEGIN, README_END = "<!-- cards:begin -->", "<!-- cards:end -->"
 TO_ROOT = "../.."  # from a card to the repository root
-PATH_DATA = ("text", "folders")  # DATASETS entries that stand for a path given as --data
+PATH_DATA = ("text", "folders", "image-folder")  # DATASETS entries that stand for a path given as --data
 _UNDERLINE = re.compile(r"[-=]{3,}")
 
 
@@ -243,6 +243,17 @@ RESULT_KEYS = ("data", "split", "metric", "value")  # first, in this order; the 
 
 
 def render_results(name: str, root: Path) -> str:
+    """The card's results: every replication the card shows (``card_for``), from its final.json."""
+    from .train.replicate import REPLICATIONS, card_for
+
+    shown = [rep for rep in REPLICATIONS if card_for(rep, root / CARDS_DIR) == name or rep == name]
+    if not shown:
+        return (f"`{name}` has no replication recipe (`replab-fast replicate --list` names them); "
+                f"`replab-fast train {name}` trains it by its training recipe.")  # fmt: skip
+    return "\n\n".join(_render_result(rep, root) for rep in shown)
+
+
+def _render_result(name: str, root: Path) -> str:
     folder = root / "results" / name
     final = folder / "final.json"
     if not final.is_file():

@@ -43,15 +43,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in rows) else 1
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, least: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def _cmd_bench_report(args: argparse.Namespace) -> int:
@@ -97,7 +106,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, grad_accum=args.grad_accum, amp=args.amp, seed=args.seed,
         fast=args.fast or args.interpret, interpret=args.interpret, compile=args.compile, resume=args.resume,
         stop_at=args.stop_at, device=args.device, strategy=args.strategy, progress=not args.no_progress,
-        overrides=dict(args.config),
+        overrides=dict(args.config), workers=args.workers,
     )  # fmt: skip
     result = train(options)
     if result.rank == 0:
@@ -189,7 +198,11 @@ def _add_diagnose_command(sub) -> None:
 def _add_train_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model by its paper's recipe on real offline data")
     p.add_argument("model", help="a registry name (replab-fast models)")
-    p.add_argument("--data", help="a dataset name (digits, fashion-mnist, mnist, stdlib, stdlib-packages) or a path")
+    p.add_argument("--data", help="a dataset name (digits, fashion-mnist, mnist, stdlib, stdlib-packages) or a path "
+                                  "(IDX files, a text file or folder, an image folder: ROOT/<class>/* or ImageNet's "
+                                  "ROOT/train/ and ROOT/val/)")
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data loader worker processes (decoding an image folder's files; default 0: in this process)")
     p.add_argument("--steps", type=positive_int, help="the planned optimizer steps (the schedule follows them)")
     p.add_argument("--batch-size", type=positive_int, help="the global batch")
     p.add_argument("--lr", type=positive_float, help="the peak learning rate")

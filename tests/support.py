@@ -10,6 +10,7 @@
   never writes fails the test.
 - ``hopper_toolchain_reason``, ``local_memory_bytes``: for the tests that compile the Triton
   kernels for sm_90 without a GPU (triton's bundled ptxas and cuobjdump).
+- ``write_image_folder``: a small folder of labelled images (PNG and JPEG, awkward sizes).
 
 Test files import it as ``support`` (pyproject's pytest ``pythonpath`` holds tests/).
 """
@@ -109,3 +110,21 @@ def local_memory_bytes(compiled):
         os.unlink(f.name)
     match = re.search(r"STACK:(\d+)", out)
     return int(match.group(1)) if match else None
+
+
+def write_image_folder(folder, per_class: int, seed: int = 0, classes=("cat", "dog", "fish")) -> None:
+    """``folder/<class>/<i>.png|jpg``: ``per_class`` images of awkward sizes per class, each class
+    its own tint, the first of each grey."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            width, height = int(rng.integers(30, 90)), int(rng.integers(30, 90))
+            pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8) + np.uint8(60 * label % 176)
+            image = Image.fromarray(pixels)
+            if i == 0:
+                image = image.convert("L")
+            image.save(folder / name / f"{i}.{'jpg' if i % 2 else 'png'}")

@@ -133,3 +133,14 @@ def test_the_cards_command_writes_a_skeleton_fills_it_and_keeps_the_prose(tmp_pa
     path.write_text(text.replace(cards.markers("notes")[1], ""))
     with pytest.raises(ValueError, match="generated:notes"):
         cards.update_card(path, "lenet5-modern", tmp_path)
+
+
+def test_a_preset_without_a_card_has_its_results_on_its_familys_card(tmp_path):
+    from replab_fast.train.replicate import card_for
+
+    assert card_for("alexnet-10class", CARDS) == "alexnet"
+    assert card_for("lenet5-modern", CARDS) == "lenet5-modern"
+    assert card_for("alexnet-10class", tmp_path) is None  # no card in the family
+    shown = cards.render_results("alexnet", ROOT)
+    assert "results/alexnet-10class/final.json" in shown
+    assert "`llama-tiny` has no replication recipe" in cards.render_results("llama-tiny", ROOT)

@@ -13,6 +13,7 @@
 - ``download``: the checked download into the user cache (``python -m replab_fast.data.download``);
 - ``digits``: scikit-learn's bundled 8x8 digits;
 - ``images``: images in each model's size and scale;
+- ``image_folder``: any folder of labelled photographs, AlexNet's preprocessing and crops;
 - ``text``: the standard library's source and other text corpora, split by position;
 - ``tokenizer``: bytes, characters and byte-level BPE (HF ``tokenizers``);
 - ``sequences``: language-model windows, contiguous batches, labelled snippets;

@@ -13,7 +13,9 @@ gets (``task``):
 - image classification (LeNet-5, AlexNet), image reconstruction (the autoencoders; target =
   input): ``dataset`` "digits" (default, scikit-learn's, no download), "fashion-mnist" or
   "mnist" (IDX files: ``data=`` names their folder, otherwise the search path of
-  ``replab_fast.data.mnist``), each image in the model's size and scale (``images.py``);
+  ``replab_fast.data.mnist``), each image in the model's size and scale (``images.py``); for
+  AlexNet also "image-folder", any folder of labelled photographs given as ``data=``
+  (ImageNet's train/ and val/ layout, or one subfolder per class: ``image_folder.py``);
 - language modelling (the LSTM LM, LLaMA): ``dataset`` "stdlib" (default: the Python standard
   library's source, ``text.py``) or ``data=`` a text file or folder; windows of the config's
   ``seq_len`` (LSTM) or ``max_seq_len`` (LLaMA) tokens; the LSTM LM's loader gives Zaremba-style
@@ -24,7 +26,8 @@ gets (``task``):
   checkable) or ``data=`` a folder with one subfolder of text files per class.
 
 Splits: IDX files: their test set, and a twelfth of the training images (5,000 of 60,000) carved
-out for validation by a seeded permutation; digits: seeded stratified 80/10/10; text: 90/5/5 by position
+out for validation by a seeded permutation; digits: seeded stratified 80/10/10; image folders: as
+``image_folder.py`` says; text: 90/5/5 by position
 (per class for the classifier). The tokenizer (``tokenizer=``: "bytes", "chars", "bpe", a saved
 file, or a Tokenizer; default by the model's ``vocab_size``: 256 -> bytes, more -> BPE of that
 size, fewer -> characters) and AlexNet's mean image come from the training split only.
@@ -42,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..models.registry import get_spec
 from .digits import DIGITS_LEVELS, load_digits_split
+from .image_folder import MEAN_SAMPLE, base_side, image_folder_datasets, scan_image_folder
 from .images import ImageDataset, ImageFormat, mean_image
 from .mnist import MNIST_FORMAT_DATASETS, find_dataset, load_idx_split
 from .sequences import ContiguousBatches, TokenWindows, balanced_snippets
@@ -57,7 +61,7 @@ IDX_VALIDATION_FRACTION = 1 / 12  # of the training images: 5,000 of MNIST's and
 IDX_LEVELS = 255
 # The datasets of each task; the first is the default.
 DATASETS = {
-    "image-classification": ("digits", "fashion-mnist", "mnist"),
+    "image-classification": ("digits", "fashion-mnist", "mnist", "image-folder"),  # "image-folder": AlexNet, data=
     "image-reconstruction": ("digits", "fashion-mnist", "mnist"),
     "language-model": ("stdlib", "text"),  # "text": the file or folder given as data=
     "sequence-classification": ("stdlib-packages", "folders"),  # "folders": one per class, under data=
@@ -173,11 +177,14 @@ def _choose_dataset(name: str, task: str, dataset: Optional[str], data: Optional
     allowed = DATASETS[task]
     if task.startswith("image"):
         if dataset is None and data is not None:
-            raise ValueError(f"data={str(data)!r} names a folder of MNIST-format files: say which dataset it holds, "
-                             "dataset='fashion-mnist' or dataset='mnist'")  # fmt: skip
+            raise ValueError(f"data={str(data)!r}: say which dataset the folder holds, dataset='fashion-mnist' or "
+                             "'mnist' (MNIST-format IDX files) or 'image-folder' (one subfolder per class)")  # fmt: skip
         dataset = dataset or allowed[0]
         if dataset == "digits" and data is not None:
             raise ValueError("the digits ship inside scikit-learn: data= is not used with dataset='digits'")
+        if dataset == "image-folder" and data is None:
+            raise ValueError("dataset='image-folder' reads the folder given as data= (ROOT/<class>/* or "
+                             "ROOT/train/<class>/* with ROOT/val/<class>/*)")  # fmt: skip
     elif data is not None:
         dataset = dataset or allowed[1]
         if dataset != allowed[1]:
@@ -209,15 +216,38 @@ def _image_splits(dataset: str, data: Optional[PathLike], seed: int) -> tuple[di
     return splits, IDX_LEVELS, f"{spec.title} IDX files in {folder}", spec.classes
 
 
+def _class_count_notes(name: str, dataset: str, classes: tuple[str, ...], num_classes: int) -> list[str]:
+    if len(classes) > num_classes:
+        raise ValueError(f"{name} has {num_classes} classes, {dataset} has {len(classes)}: "
+                         f"pass the config override num_classes={len(classes)} (n_classes for LeNet-5)")  # fmt: skip
+    if len(classes) < num_classes:
+        return [f"{dataset} uses {len(classes)} of the model's {num_classes} outputs"]
+    return []
+
+
+def _image_folder_data(name: str, task: str, want: dict, data: PathLike, seed: int) -> ModelData:
+    fmt: ImageFormat = want["format"]
+    if task != "image-classification" or fmt.scale != "centered255":
+        raise ValueError(f"dataset='image-folder' is AlexNet's (RGB photographs, its preprocessing); {name} trains "
+                         "on digits, fashion-mnist or mnist")  # fmt: skip
+    scanned = scan_image_folder(data, seed)
+    notes = _class_count_notes(name, "the image folder", scanned.classes, want["num_classes"])
+    datasets = image_folder_datasets(scanned, fmt.size, fmt.channels, seed)
+    notes += [f"splits: {scanned.layout}",
+              f"images rescaled to a {base_side(fmt.size)}-pixel shorter side and centre-cropped, minus the mean image "
+              f"of up to {MEAN_SAMPLE:,} training images; training: random {fmt.size}x{fmt.size} crops and "
+              "horizontal flips; evaluation: the central crop"]  # fmt: skip
+    items = f"{fmt.channels}x{fmt.size}x{fmt.size} float32 (0..255 minus the mean image)"
+    return ModelData(name, task, "image-folder", f"image folder {Path(data).resolve()}", items, datasets,
+                     classes=scanned.classes, notes=notes)  # fmt: skip
+
+
 def _image_data(name: str, task: str, want: dict, dataset: str, data: Optional[PathLike], seed: int) -> ModelData:
+    if dataset == "image-folder":
+        return _image_folder_data(name, task, want, data, seed)
     fmt: ImageFormat = want["format"]
     splits, levels, source, classes = _image_splits(dataset, data, seed)
-    notes = []
-    if task == "image-classification" and len(classes) > want["num_classes"]:
-        raise ValueError(f"{name} has {want['num_classes']} classes, {dataset} has {len(classes)}: "
-                         f"pass the config override num_classes={len(classes)} (n_classes for LeNet-5)")  # fmt: skip
-    if task == "image-classification" and len(classes) < want["num_classes"]:
-        notes.append(f"{dataset} uses {len(classes)} of the model's {want['num_classes']} outputs")
+    notes = _class_count_notes(name, dataset, classes, want["num_classes"]) if task == "image-classification" else []
     mean = mean_image(splits["train"][0], levels, fmt) if fmt.scale == "centered255" else None
     target = "label" if task == "image-classification" else "image"
     datasets = {s: ImageDataset(pixels, levels, fmt, labels=labels, target=target, mean=mean) for s, (pixels, labels) in splits.items()}

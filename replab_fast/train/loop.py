@@ -66,6 +66,7 @@ class RunOptions:
     device: Optional[str] = None
     strategy: Optional[str] = None  # under torchrun: "ddp" (default) or "fsdp" (LLaMA)
     progress: bool = True  # a tqdm progress bar on stderr
+    workers: int = 0  # data loader worker processes (decoding image files); 0: in the training process
     overrides: dict[str, Any] = field(default_factory=dict)  # model config fields
 
 
@@ -126,7 +127,8 @@ class Trainer:
         self.config = _config_dict(self.model)
         saved_tokenizer = self.out / TOKENIZER_FILE
         self.task: Task = make_task(options.model, self.model, self.recipe, options.data, seed=options.seed,
-                                    tokenizer=saved_tokenizer if options.resume and saved_tokenizer.is_file() else None)
+                                    tokenizer=saved_tokenizer if options.resume and saved_tokenizer.is_file() else None,
+                                    workers=options.workers)  # fmt: skip
         self.metric = METRICS[self.recipe.metric]
         if options.fast:
             accelerate(self.model, interpret=options.interpret)
@@ -136,7 +138,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.recipe.schedule, self.recipe.steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.recipe.amp == "fp16")
         self.stream = BatchStream(len(self.task.train), self.recipe.batch_size, seed=options.seed, rank=self.rank,
-                                  world_size=self.world_size)  # fmt: skip
+                                  world_size=self.world_size, keyed=getattr(self.task.train, "keyed_by_epoch", False))  # fmt: skip
         self.step, self.best = 0, None
         self.last_metrics: dict[str, float] = {}
         self.meta = self._meta()
@@ -245,8 +247,10 @@ class Trainer:
 
     def _batches(self) -> Iterator:
         loader = DataLoader(self.task.train, batch_sampler=self.stream, collate_fn=self.task.collate,
-                            generator=torch.Generator().manual_seed(self.options.seed))  # fmt: skip
-        return iter(loader)
+                            generator=torch.Generator().manual_seed(self.options.seed), **self.task.loader_options())  # fmt: skip
+        for batch in loader:
+            self.stream.consumed()  # the workers draw ahead; the saved position follows the steps
+            yield batch
 
     def _improved(self, value: float) -> bool:
         if self.best is None:

@@ -77,11 +77,13 @@ _AE_PAPER = ("RBM pretraining layer by layer, then conjugate-gradient fine-tunin
 
 RECIPES: dict[str, Recipe] = {
     "lenet5-classic": Recipe(
-        metric="error_rate", data="digits", steps=3000, batch_size=32, optimizer="sgd", lr=0.003, momentum=0.9,
-        schedule=Schedule("step", milestones=(0.5, 0.8), gamma=0.2), eval_every=250,
+        metric="error_rate", data="digits", steps=3000, batch_size=32, optimizer="adam", lr=1e-3,
+        schedule=Schedule("cosine", warmup=200, min_ratio=0.02), eval_every=250,
         paper=_LENET_PAPER,
-        note="SGD with momentum and a step decay, minibatches of 32: the same loss (Eq. 9); at lr 0.02 the "
-             "scaled-tanh units saturate and the RBF penalties stall (measured: 90% error after 300 steps)",
+        note="Adam with warmup and cosine decay, minibatches of 32, on the paper's loss (Eq. 9). SGD with momentum "
+             "trained it more slowly: on Fashion-MNIST, 20k steps reached 0.874 test accuracy (lr 0.003, step "
+             "decay) and 0.720 (lr 0.005, cosine), Adam 0.891 (measured); at lr 0.02 the scaled-tanh units "
+             "saturate and the RBF penalties stall",
     ),
     "lenet5-modern": Recipe(
         metric="error_rate", data="digits", steps=3000, batch_size=64, optimizer="adamw", lr=2e-3,
@@ -94,8 +96,9 @@ RECIPES: dict[str, Recipe] = {
         eval_every=2000, model_overrides=(),
         paper="SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 three times on plateaus, "
               "90 epochs of ImageNet on two GPUs (Krizhevsky et al. 2012, Sec. 5)",
-        note="a GPU recipe (the digits by default, resized; --data for MNIST-format files); the lr steps fall "
-             "at fixed fractions of the run",
+        note="a GPU recipe: --data PATH reads any image folder (ImageNet's train/ and val/, or one subfolder per "
+             "class) with the paper's preprocessing and random crops; use --workers to decode in parallel. The "
+             "digits by default, resized; the lr steps fall at fixed fractions of the run",
     ),
     "alexnet-10class": Recipe(
         metric="error_rate", data="digits", steps=20, batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.9,

@@ -90,8 +90,8 @@ REPLICATIONS: dict[str, Replication] = {
                            "its error equals PCA's at the same code size"),
                     extras=("pca",), data_note=_FASHION_AE),
         Replication("autoencoder-conv", "fashion-mnist", 8_000,
-                    Target("mse", "", None, "not in the paper; the lab notebook measured a per-pixel MSE of 0.0039 "
-                           "on MNIST at 32x32"),
+                    Target("mse", "", None, "not in the paper; for context, a conv autoencoder of this kind "
+                           "reaches a per-pixel MSE of about 0.0039 on MNIST at 32x32 (other data, other size)"),
                     data_note=_FASHION_AE),
         Replication("lstm-lm-small", "stdlib", 6_000,
                     Target("bits_per_char", "", None, "no paper figure on this corpus: Python source, byte level"),
@@ -182,6 +182,18 @@ def replicate(name: str, *, results_root: Path = Path("results"), runs_root: Pat
     return final
 
 
+def card_for(name: str, cards_folder: Path) -> Optional[str]:
+    """The model card that shows ``name``'s results: its own (``<name>.md`` in ``cards_folder``), else
+    the first card of its family in registry order (alexnet-10class's on alexnet's), else None."""
+    from ..models.registry import get_spec, list_models
+
+    cards = [model for model in list_models() if (Path(cards_folder) / f"{model}.md").is_file()]
+    if name in cards:
+        return name
+    family = get_spec(name).family
+    return next((card for card in cards if get_spec(card).family == family), None)
+
+
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -206,8 +218,8 @@ def results_table(results_root: Path = Path("results")) -> str:
         goal = {"": "-", ">=": f">= {target['threshold']}", "<=": f"<= {target['threshold']}", "<pca": "below PCA",
                 "=pca": "PCA's, within 2%"}[target["goal"]]  # fmt: skip
         met = {True: "yes", False: "**no**", None: "-"}[final["meets_target"]]
-        has_card = (Path(results_root).resolve().parent / "docs" / "models" / f"{name}.md").exists()
-        card = f"[{name}](docs/models/{name}.md)" if has_card else name
+        shown_on = card_for(name, Path(results_root).resolve().parent / "docs" / "models")
+        card = f"[{name}](docs/models/{shown_on}.md)" if shown_on else name
         rows.append(f"| {card} | {final['data']} | {final['metric']} | {_cell(final)} | {goal} | {met} | "
                     f"{target['reference']} | `replab-fast replicate {name}` |")  # fmt: skip
     if len(rows) == 2:

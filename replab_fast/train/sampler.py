@@ -4,12 +4,18 @@
 in the order of ``torch.randperm(n)`` drawn from a generator seeded with (seed, e), cut into
 batches of ``batch_size`` (the last incomplete batch of an epoch is dropped, so every step sees a
 full batch). Its state is two integers, the epoch and the batch within it; a resumed run loads
-them and draws exactly the batches the uninterrupted run would have drawn. Its own generator
+them and draws exactly the batches the uninterrupted run would have drawn. The position moves
+when the run calls ``consumed()`` for a batch it took, not when the loader draws one, so loader
+workers that prefetch batches ahead do not move it. Its own generator
 never touches torch's global RNG, which dropout uses.
 
 ``rank`` and ``world_size`` give one process of a data-parallel run its share of each global
 batch (examples rank, rank + world_size, ...), so N processes see the same examples at each step
 as one process would.
+
+``keyed=True`` yields ``(index, epoch)`` pairs instead of indices, for a dataset whose items
+depend on the epoch (the image folder's random crops: ``ImageFolderDataset.keyed_by_epoch``), so
+those draws follow the data position too and resume exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ __all__ = ["BatchStream"]
 
 class BatchStream(Sampler[list[int]]):
     def __init__(self, n_examples: int, batch_size: int, *, seed: int, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1) -> None:  # fmt: skip
+                 world_size: int = 1, keyed: bool = False) -> None:  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if n_examples < batch_size:
@@ -35,7 +41,7 @@ class BatchStream(Sampler[list[int]]):
         if batch_size % world_size:
             raise ValueError(f"the global batch ({batch_size}) must split evenly over {world_size} processes")
         self.n_examples, self.batch_size, self.seed, self.shuffle = n_examples, batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.keyed = rank, world_size, keyed
         self.epoch, self.batch = 0, 0  # the position: the next batch to draw
 
     @property
@@ -49,13 +55,22 @@ class BatchStream(Sampler[list[int]]):
         return torch.randperm(self.n_examples, generator=g)
 
     def __iter__(self) -> Iterator[list[int]]:
+        # Drawing runs ahead of the position when loader workers prefetch: it keeps its own cursor,
+        # and only consumed() moves the position a checkpoint saves.
+        epoch, batch = self.epoch, self.batch
         while True:
-            order = self._order(self.epoch)
-            while self.batch < self.batches_per_epoch:
-                start = self.batch * self.batch_size
-                global_batch = order[start : start + self.batch_size]
-                self.batch += 1
-                yield global_batch[self.rank :: self.world_size].tolist()
+            order = self._order(epoch)
+            while batch < self.batches_per_epoch:
+                global_batch = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+                batch += 1
+                mine = global_batch[self.rank :: self.world_size].tolist()
+                yield [(index, epoch) for index in mine] if self.keyed else mine
+            epoch, batch = epoch + 1, 0
+
+    def consumed(self) -> None:
+        """One batch was taken by the run: the saved position moves past it."""
+        self.batch += 1
+        if self.batch == self.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only asks for it when len(loader) is called

@@ -7,8 +7,9 @@ and carries the tokenizer of the language models (saved beside the checkpoint, s
 
 ``data`` on the command line is a dataset name (``digits``, ``fashion-mnist``, ``mnist``,
 ``stdlib``, ``stdlib-packages``) or a path: for the image models a folder of MNIST-format IDX
-files (then ``fashion-mnist`` unless the folder's files are MNIST's: say ``mnist:PATH``), for the
-language models a text file or folder.
+files (then ``fashion-mnist`` unless the folder's files are MNIST's: say ``mnist:PATH``) or, for
+AlexNet, a folder of class subfolders of images (``image-folder``, found by its layout, or say
+``image-folder:PATH``), for the language models a text file or folder.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def parse_data(model: str, data: Optional[str], task: str) -> tuple[Optional[str
     if sep and kind in names and not Path(data).exists():
         return kind, path
     if task.startswith("image"):
-        return "fashion-mnist", data
+        from ..data.image_folder import is_image_folder
+
+        return ("image-folder" if is_image_folder(data) else "fashion-mnist"), data
     return None, data
 
 
@@ -52,6 +55,7 @@ class Task:
     dtype: torch.dtype  # the model's floating dtype: image inputs are cast to it
     tokenizer: Optional[Tokenizer]
     describe: dict[str, Any]  # what the data is, for meta.json and final.json
+    workers: int = 0  # DataLoader worker processes
 
     @property
     def train(self) -> Dataset:
@@ -68,17 +72,25 @@ class Task:
         target = torch.stack([y for _, y in items])
         return (inputs,), (target.to(self.dtype) if target.is_floating_point() else target)
 
+    def loader_options(self) -> dict[str, Any]:
+        """DataLoader options: the worker processes (kept alive between evaluations)."""
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        return {"num_workers": self.workers, "persistent_workers": self.workers > 0}
+
     def loader(self, split: str, batch_size: int) -> DataLoader:
         """The split in order (evaluation), batches of ``batch_size`` (the last one smaller)."""
-        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=False, collate_fn=self.collate)
+        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=False, collate_fn=self.collate,
+                          **self.loader_options())  # fmt: skip
 
 
 def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data: Optional[str], *, seed: int,
-              tokenizer: Optional[Path] = None) -> Task:  # fmt: skip
+              tokenizer: Optional[Path] = None, workers: int = 0) -> Task:  # fmt: skip
     """The task of ``model`` (a registry model built with the run's overrides) on ``data``
     (when None, the recipe's dataset, or the model's default one where there is no recipe).
     ``tokenizer``: a saved tokenizer file (a resumed or evaluated run reads its text as training
-    did), else the language models' tokenizer is made from the training split."""
+    did), else the language models' tokenizer is made from the training split. ``workers``: the
+    DataLoader worker processes of its loaders."""
     from ..data import task_of
 
     config_fields = _config_overrides(model)
@@ -94,7 +106,7 @@ def make_task(model_name: str, model: nn.Module, recipe: Optional[Recipe], data:
                 "notes": list(model_data.notes), "text": model_data.describe()}  # fmt: skip
     if model_data.tokenizer is not None:
         describe["tokenizer"] = model_data.tokenizer.describe()
-    return Task(model_name, dict(model_data.splits), dtype, model_data.tokenizer, describe)
+    return Task(model_name, dict(model_data.splits), dtype, model_data.tokenizer, describe, workers)
 
 
 def _config_overrides(model: nn.Module) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_an_idx_folder_given_as_data(tmp_path, write_idx_folder):
 
 @pytest.mark.parametrize(
     "name, kwargs, match",
-    [("lenet5-classic", {"data": "/x"}, "say which dataset it holds"),
+    [("lenet5-classic", {"data": "/x"}, "say which dataset the folder holds"),
      ("lenet5-classic", {"dataset": "digits", "data": "/x"}, "data= is not used"),
      ("lenet5-classic", {"dataset": "cifar10"}, "trains on one of digits, fashion-mnist, mnist"),
      ("lenet5-classic", {"tokenizer": "bytes"}, "for the text models"),

@@ -84,6 +84,23 @@ def test_a_stopped_and_resumed_run_logs_bitwise_the_same_losses(tmp_path, model,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_alexnet_on_an_image_folder_with_loader_workers_resumes_exactly(tmp_path, capsys):
+    from support import write_image_folder
+
+    write_image_folder(tmp_path / "images" / "train", 8)
+    write_image_folder(tmp_path / "images" / "val", 2, seed=1)
+    common = dict(model="alexnet-10class", data=str(tmp_path / "images"), steps=6, batch_size=4, progress=False,
+                  overrides={"image_size": 67}, workers=2)  # fmt: skip
+    train(RunOptions(out=tmp_path / "whole", **common))
+    train(RunOptions(out=tmp_path / "parts", stop_at=3, **common))  # the workers had drawn batches ahead
+    train(RunOptions(out=tmp_path / "parts", resume=True, **common))
+    assert lines(tmp_path / "whole") == lines(tmp_path / "parts")
+    meta = ckpt.load_meta(tmp_path / "whole" / "checkpoint")
+    assert meta["data"]["name"] == "image-folder" and meta["data"]["sizes"] == {"train": 23, "val": 1, "test": 6}
+    assert main(["eval", str(tmp_path / "whole")]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == "image-folder"
+
+
 def test_resuming_after_more_steps_than_the_checkpoint_drops_the_later_lines(tmp_path):
     common = dict(model="lenet5-modern", steps=20, batch_size=8, progress=False)
     train(RunOptions(out=tmp_path / "run", stop_at=10, **common))
