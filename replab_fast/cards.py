@@ -266,7 +266,22 @@ def _render_result(name: str, root: Path) -> str:
     lines = [source, "", "| | |", "|---|---|", *rows]
     if (folder / "curves.png").is_file():
         lines += ["", f"![training curves of {name}]({TO_ROOT}/results/{name}/curves.png)"]
-    return "\n".join(lines)
+    return "\n".join(lines + _extra_results(name, folder))
+
+
+def _extra_results(name: str, folder: Path) -> list[str]:
+    """The replication's other files: the 2-D codes, the tradeoff table, the samples."""
+    lines, link = [], f"{TO_ROOT}/results/{name}"
+    if (folder / "codes.png").is_file():
+        lines += ["", f"The test images' 2-D codes beside PCA's first two components ([`codes.png`]({link}/codes.png)):",
+                  "", f"![2-D codes of {name} beside PCA's]({link}/codes.png)"]  # fmt: skip
+    if (folder / "tradeoffs.md").is_file():
+        lines += ["", f"Training tradeoffs ([`tradeoffs.md`]({link}/tradeoffs.md)):", "",
+                  (folder / "tradeoffs.md").read_text().strip()]  # fmt: skip
+    if (folder / "samples.txt").is_file():
+        lines += ["", f"Samples from the best checkpoint ([`samples.txt`]({link}/samples.txt)):", "", "````text",
+                  (folder / "samples.txt").read_text().strip(), "````"]  # fmt: skip
+    return lines
 
 
 def render_blocks(name: str, root: Path, cards: Optional[list[str]] = None) -> dict[str, str]:

@@ -153,6 +153,12 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in REPLICATIONS]
     if unknown:
         raise ValueError(f"no replication for {', '.join(unknown)}; replications: {', '.join(REPLICATIONS)}")
+    if args.tradeoffs_only:
+        from .train.replicate import replicate_tradeoffs
+
+        for name in names if args.models else [n for n, rep in REPLICATIONS.items() if "tradeoffs" in rep.extras]:
+            print(replicate_tradeoffs(name, results_root=args.results, runs_root=args.runs, device=args.device))
+        return 0
     failed = []
     for name in names:
         final = replicate(name, results_root=args.results, runs_root=args.runs, device=args.device,
@@ -237,6 +243,8 @@ def _add_train_commands(sub) -> None:
     p.add_argument("--device")
     p.add_argument("--list", action="store_true", help="the replications and their commands")
     p.add_argument("--readme", action="store_true", help="only rewrite README.md's results table from --results")
+    p.add_argument("--tradeoffs-only", action="store_true",
+                   help="only measure the tradeoff table on --device (LLaMA: e.g. the GPU columns) and rewrite it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_replicate)
 

@@ -8,17 +8,12 @@
   components, coloured by class (the paper's Fig. 3), as ``codes.png``.
 - ``samples``: text continued from three prompts at temperature 0.8, top-p 0.95, seed 0
   (``samples.txt``).
-- ``tradeoffs``: from one initialization and the same batches, a few steps each of the
-  reference in float32, under bfloat16 autocast, under torch.compile, and with the fast kernels:
-  time per step and the loss after the same steps (``tradeoffs.md``). On a CPU the Triton kernels
-  run only through the interpreter: their time says so and is no measure of their speed.
+- ``tradeoffs``: LLaMA's tradeoff table (``tradeoffs.py``: reference against fast kernels, float32
+  against bfloat16 autocast, eager against torch.compile; ``tradeoffs.md``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +21,11 @@ import numpy as np
 import torch
 
 from .inference import checkpoint_folder, generate_text, load_model
-from .loop import RunOptions, Trainer
+from .loop import Trainer
 
 __all__ = ["run_extras"]
 
 PROMPTS = ("def ", "import ", "class ")
-TRADEOFF_STEPS = 12
 
 
 def _images(dataset) -> tuple[torch.Tensor, np.ndarray]:
@@ -76,9 +70,23 @@ def _codes_2d(trainer: Trainer, model, out: Path) -> dict[str, Any]:
     fig.colorbar(scatter, ax=axes, label="class")
     fig.suptitle(f"test images of {trainer.task.describe['name']}, coloured by class (cf. Hinton & Salakhutdinov "
                  "2006, Fig. 3)")  # fmt: skip
-    fig.savefig(out / "codes.png", dpi=100)
+    save_compact_png(fig, out / "codes.png")
     plt.close(fig)
     return {"codes_picture": "codes.png"}
+
+
+def save_compact_png(fig, path: Path, colors: int = 64) -> None:
+    """``fig`` as a palette PNG of ``colors`` colours: a scatter of 10,000 points in a third of
+    the bytes of matplotlib's RGBA file, the same picture to the eye."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=colors).save(path, optimize=True)
 
 
 def _samples(run_dir: Path, out: Path, device) -> dict[str, Any]:
@@ -94,45 +102,6 @@ def _samples(run_dir: Path, out: Path, device) -> dict[str, Any]:
     return {"samples": "samples.txt"}
 
 
-def _timed_run(base: RunOptions, folder: Path, **changes) -> tuple[list[float], list[float]]:
-    options = dataclasses.replace(base, out=folder, steps=TRADEOFF_STEPS, progress=False, **changes)
-    trainer = Trainer(options)
-    trainer.recipe = trainer.recipe.replace(log_every=1, eval_every=TRADEOFF_STEPS, checkpoint_every=TRADEOFF_STEPS)
-    losses, times = [], []
-    real_step = trainer.train_step
-
-    def step(batch):
-        start = time.perf_counter()
-        loss = real_step(batch)
-        times.append(time.perf_counter() - start)
-        losses.append(loss)
-        return loss
-
-    trainer.train_step = step
-    trainer.run()
-    return losses, times
-
-
-def _tradeoffs(trainer: Trainer, run_dir: Path, out: Path) -> dict[str, Any]:
-    base = dataclasses.replace(trainer.options, resume=False, stop_at=None, batch_size=8)
-    rows = [("reference, float32, eager", {}), ("reference, bfloat16 autocast", {"amp": "bf16"}),
-            ("reference, float32, torch.compile", {"compile": True}),
-            ("fast kernels, float32" + (" (Triton interpreted on this CPU)" if trainer.device.type == "cpu" else ""),
-             {"fast": True, "interpret": True})]  # fmt: skip
-    table = ["| run | time per step (median of steps 2-12) | loss after 12 steps |", "|---|---:|---:|"]
-    measured = {}
-    for label, changes in rows:
-        losses, times = _timed_run(base, run_dir / "tradeoffs" / str(len(measured)), **changes)
-        per_step = statistics.median(times[1:])  # step 1 holds the compilation
-        measured[label] = {"step_s": per_step, "loss": losses[-1]}
-        table.append(f"| {label} | {per_step * 1e3:.1f} ms | {losses[-1]:.4f} |")
-    note = (f"\n{TRADEOFF_STEPS} steps of {trainer.options.model} at batch 8 from one initialization on the same "
-            f"batches, on {trainer.device} ({torch.get_num_threads()} threads). The fast kernels' time on a CPU is "
-            "the Triton interpreter's, no measure of the kernels: the GPU columns wait for a GPU run.\n")  # fmt: skip
-    (out / "tradeoffs.md").write_text("\n".join(table) + "\n" + note)
-    return {"tradeoffs": measured}
-
-
 def run_extras(rep, trainer: Trainer, run_dir: Path, out: Path) -> dict[str, Any]:
     """The extras ``rep`` asks for, their figures for final.json (their files written to ``out``)."""
     figures: dict[str, Any] = {}
@@ -146,5 +115,8 @@ def run_extras(rep, trainer: Trainer, run_dir: Path, out: Path) -> dict[str, Any
     if "samples" in rep.extras:
         figures.update(_samples(run_dir, out, str(trainer.device)))
     if "tradeoffs" in rep.extras:
-        figures.update(_tradeoffs(trainer, run_dir, out))
+        from .tradeoffs import run_tradeoffs
+
+        measured = run_tradeoffs(trainer.options, run_dir / "tradeoffs", out)
+        figures["tradeoffs"] = {"table": "tradeoffs.md", "device": measured["device"], **measured["rows"]}
     return figures

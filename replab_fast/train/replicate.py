@@ -144,6 +144,20 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def best_validation(metrics: Path, step: int) -> dict[str, Any]:
+    """The validation line that ``metrics.jsonl`` logged at ``step`` (the best checkpoint's)."""
+    lines = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    found = [line for line in lines if line.get("split") == "val" and line.get("step") == step]
+    if not found:
+        raise ValueError(f"{metrics} logged no validation at step {step}, the best checkpoint's")
+    return {k: v for k, v in found[-1].items() if k != "split"}
+
+
+def _run_options(rep: Replication, run_dir: Path, device: Optional[str], progress: bool) -> RunOptions:
+    return RunOptions(model=rep.model, out=run_dir, data=rep.data, steps=rep.steps, batch_size=rep.batch_size,
+                      lr=rep.lr, overrides=dict(rep.config), device=device, progress=progress)  # fmt: skip
+
+
 def replicate(name: str, *, results_root: Path = Path("results"), runs_root: Path = Path("runs/replicate"),
               device: Optional[str] = None, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Train ``name`` by its replication settings and write results/<name>/ (see the module docstring)."""
@@ -154,8 +168,7 @@ def replicate(name: str, *, results_root: Path = Path("results"), runs_root: Pat
     except KeyError:
         raise KeyError(f"no replication for {name!r}; replications: {', '.join(REPLICATIONS)}") from None
     run_dir, out = Path(runs_root) / name, Path(results_root) / name
-    options = RunOptions(model=name, out=run_dir, data=rep.data, steps=rep.steps, batch_size=rep.batch_size,
-                         lr=rep.lr, overrides=dict(rep.config), device=device, progress=progress)  # fmt: skip
+    options = _run_options(rep, run_dir, device, progress)
     start = time.time()
     trainer = Trainer(options)
     trainer.run()
@@ -168,7 +181,8 @@ def replicate(name: str, *, results_root: Path = Path("results"), runs_root: Pat
         "model": name, "data": trainer.task.describe["name"], "data_source": trainer.task.describe["source"],
         "data_note": rep.data_note, "split": "test", "metric": rep.target.metric, "value": value,
         "target": {"goal": rep.target.goal, "threshold": rep.target.threshold, "reference": rep.target.reference},
-        "meets_target": _meets(rep.target, value, extras), "test": test, "best_step": test["step"],
+        "meets_target": _meets(rep.target, value, extras), "test": test,
+        "val": best_validation(run_dir / "metrics.jsonl", test["step"]), "best_step": test["step"],
         "steps": rep.steps, "train_time_s": round(train_time, 1), "device": str(trainer.device), **extras,
     }  # fmt: skip
     (out / "final.json").write_text(json.dumps(final, indent=2, default=str) + "\n")
@@ -192,6 +206,21 @@ def card_for(name: str, cards_folder: Path) -> Optional[str]:
         return name
     family = get_spec(name).family
     return next((card for card in cards if get_spec(card).family == family), None)
+
+
+def replicate_tradeoffs(name: str, *, results_root: Path = Path("results"), runs_root: Path = Path("runs/replicate"),
+                        device: Optional[str] = None) -> Path:  # fmt: skip
+    """Measure ``name``'s tradeoff table on ``device`` alone (no training run) and rewrite
+    results/<name>/tradeoffs.md; returns its path."""
+    from .tradeoffs import run_tradeoffs
+
+    rep = REPLICATIONS.get(name)
+    if rep is None or "tradeoffs" not in rep.extras:
+        having = [n for n, r in REPLICATIONS.items() if "tradeoffs" in r.extras]
+        raise ValueError(f"{name!r} has no tradeoff table; the replications with one: {', '.join(having)}")
+    options = _run_options(rep, Path(runs_root) / name, device, progress=False)
+    run_tradeoffs(options, Path(runs_root) / name / "tradeoffs", Path(results_root) / name)
+    return Path(results_root) / name / "tradeoffs.md"
 
 
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
