@@ -18,6 +18,7 @@ help:
 	@echo "make bench  the benchmark suite (CPU: model baselines; GPU: everything) -> bench/results/local/"
 	@echo "make gpu-check  on a CUDA machine: build, tests, benchmarks, report -> bench/results/<gpu>_<date>/"
 	@echo "make replicate  train every paper's model to completion -> results/<model>/ (MODELS=... narrows it)"
+	@echo "make gpu-tradeoffs  on a CUDA machine: LLaMA's tradeoff table's GPU columns -> results/llama-cpu/ (and \$$OUT)"
 
 # Keep the user's torch. With none: a local CPU wheel if pip can see one (--no-index keeps
 # find-links), else the CPU wheel index; then the wheel's own dependencies from the registry.
@@ -84,7 +85,7 @@ BENCH_OUT ?= bench/results/local
 BENCH_ARGS ?=
 QUICK ?= 1
 
-.PHONY: bench gpu-check replicate
+.PHONY: bench gpu-check gpu-tradeoffs replicate
 
 # Every replication that fits a CPU, trained to completion: results/<model>/ (commit them; the
 # checkpoints stay in runs/replicate/). MODELS="lenet5-classic lenet5-modern" narrows it.
@@ -102,3 +103,10 @@ bench: install-test
 
 gpu-check:
 	QUICK=$(QUICK) PYTHON=$(PYTHON) bash scripts/gpu_check.sh
+
+# The GPU columns of LLaMA's tradeoff table (four runs of 12 steps; torch.compile and the Triton
+# kernels compile in each one's first step): results/llama-cpu/tradeoffs-cuda.json and
+# tradeoffs.md, copied into $OUT when it is set (a lent GPU machine brings back only that folder).
+gpu-tradeoffs:
+	$(PYTHON) -m replab_fast.cli replicate llama-cpu --tradeoffs-only --device cuda
+	@if [ -n "$$OUT" ]; then mkdir -p "$$OUT" && cp results/llama-cpu/tradeoffs-cuda.json results/llama-cpu/tradeoffs.md "$$OUT/"; fi
