@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+import replab_fast
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
+PACKAGE_ROOT = Path(replab_fast.__file__).resolve().parents[1]
 RTOL = 1e-5
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -25,7 +28,9 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 
 def run(spec: dict, nproc: int, *, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The workers import the replab_fast under test (this checkout), whatever else is installed.
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     if nproc == 1:
         cmd = [sys.executable, str(WORKER), json.dumps(spec)]
     else:
