@@ -17,7 +17,7 @@ import torch
 from bench.ceilings import Ceilings, measure_ceilings
 from replab_fast.timing import POLICIES, TimingPolicy
 
-__all__ = ["resolve_device", "BenchContext"]
+__all__ = ["resolve_device", "quick_sweep", "BenchContext"]
 
 
 def resolve_device(config: Any) -> torch.device:
@@ -31,6 +31,14 @@ def resolve_device(config: Any) -> torch.device:
 
         raise pytest.UsageError("--bench-device cuda, but torch sees no CUDA device")
     return device
+
+
+def quick_sweep(config: Any) -> bool:
+    """Whether a kernel benchmark lists its quick sweep: --quick, or off CUDA (there every kernel
+    case skips: list the quick set only, to say so once per case)."""
+    if resolve_device(config).type != "cuda":
+        return True
+    return bool(config.getoption("--quick", default=False))
 
 
 @dataclass

@@ -38,7 +38,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.context import BenchContext, resolve_device
+from bench.context import BenchContext, quick_sweep
 from bench.op_cases import bench_op
 from bench.providers import require, sdpa_backend
 from replab_fast.models.llama import attention_ref
@@ -56,14 +56,8 @@ DECODE_HQ, DECODE_HK, DECODE_D = 32, 8, 128
 MAX_SCORES_BYTES = 8 * 2**30  # eager / compile materialize B H T S fp32 scores: skip beyond this
 
 
-def _quick(config: pytest.Config) -> bool:
-    if resolve_device(config).type != "cuda":
-        return True  # every case is skipped on a CPU: list the quick set only
-    return bool(config.getoption("--quick", default=False))
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    quick = _quick(metafunc.config)
+    quick = quick_sweep(metafunc.config)
     if "seq_len" in metafunc.fixturenames:
         metafunc.parametrize("seq_len", SEQ_QUICK if quick else SEQ_FULL)
         metafunc.parametrize("head_dim", HEAD_DIM_QUICK if quick else HEAD_DIM_FULL)

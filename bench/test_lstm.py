@@ -30,7 +30,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.context import BenchContext, resolve_device
+from bench.context import BenchContext, quick_sweep
 from bench.op_cases import bench_op
 from bench.providers import fast_drop_in, require
 from replab_fast.models.lstm import LSTM
@@ -47,10 +47,7 @@ COMPILE_MAX_SEQ = 32  # torch.compile of the reference's Python loop: minutes pe
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "batch" not in metafunc.fixturenames:
         return
-    quick = bool(metafunc.config.getoption("--quick", default=False))
-    # On a CPU every case is skipped anyway: list the quick set only, to say so once per case.
-    if resolve_device(metafunc.config).type != "cuda":
-        quick = True
+    quick = quick_sweep(metafunc.config)
     metafunc.parametrize("dtype", DTYPES_QUICK if quick else DTYPES_FULL)
     metafunc.parametrize("seq_len", SEQ_QUICK if quick else SEQ_FULL)
     metafunc.parametrize("hidden", HIDDEN_QUICK if quick else HIDDEN_FULL)

@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.context import BenchContext, resolve_device
+from bench.context import BenchContext, quick_sweep
 from bench.op_cases import MODES, bench_op
 from bench.providers import fast_drop_in, require
 from replab_fast.models.llama import RMSNorm
@@ -45,10 +45,7 @@ DTYPES_FULL = ("bfloat16", "float32")
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "hidden" not in metafunc.fixturenames:
         return
-    quick = bool(metafunc.config.getoption("--quick", default=False))
-    # On a CPU every case is skipped anyway: list the quick set only, to say so once per case.
-    if resolve_device(metafunc.config).type != "cuda":
-        quick = True
+    quick = quick_sweep(metafunc.config)
     metafunc.parametrize("dtype", DTYPES_QUICK if quick else DTYPES_FULL)
     metafunc.parametrize("hidden", HIDDEN_QUICK if quick else HIDDEN_FULL)
     metafunc.parametrize("mode", MODES)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.context import BenchContext, resolve_device
+from bench.context import BenchContext, quick_sweep
 from bench.op_cases import bench_op
 from bench.providers import require
 from replab_fast.models.llama import apply_rope_complex, precompute_freqs_cis, precompute_rope
@@ -43,9 +43,7 @@ KV_HEADS_QUICK, KV_HEADS_FULL = (8,), (32, 8)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "seq_len" not in metafunc.fixturenames:
         return
-    quick = bool(metafunc.config.getoption("--quick", default=False))
-    if resolve_device(metafunc.config).type != "cuda":
-        quick = True  # every case is skipped on a CPU: list the quick set only
+    quick = quick_sweep(metafunc.config)
     metafunc.parametrize("seq_len", SEQ_QUICK if quick else SEQ_FULL)
     metafunc.parametrize("kv_heads", KV_HEADS_QUICK if quick else KV_HEADS_FULL)
     metafunc.parametrize("mode", MODES)

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from replab_fast import cards
 from replab_fast.cli import main
@@ -24,11 +23,8 @@ PRESENT = cards.card_models(CARDS)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 def card_text(name: str) -> str:

@@ -1,25 +1,23 @@
 """The architecture diagrams: traced from the modules, with the right layers, shapes and counts."""
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from replab_fast.cards import card_models
 from replab_fast.cli import main
 from replab_fast.diagram import Group, Layer, compact_detail, default_device, picture_digest, render, trace, trace_model
 from replab_fast.models.registry import count_parameters, create_model, get_spec
 
-CARD_MODELS = ["lenet5-classic", "lenet5-modern", "autoencoder-deep", "autoencoder-2d", "autoencoder-linear",
-               "autoencoder-conv", "alexnet", "lstm-lm-small", "lstm-classifier-small", "llama-tiny"]  # fmt: skip
+CARD_MODELS = card_models(Path(__file__).resolve().parents[1] / "docs" / "models")  # every card's diagram
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 def by_name(diagram) -> dict[str, Layer]:

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from .splits import SPLITS, holdout_split, stratified_split
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderSplits", "image_folder_datasets", "image_folder_splits", "is_image_folder",
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "ImageFolderSplits", "image_folder_datasets", "is_image_folder",
            "scan_image_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
@@ -200,13 +200,6 @@ class ImageFolderDataset(Dataset):
         if flip:
             image = image.flip(-1)
         return image.contiguous(), self.labels[index]
-
-
-def image_folder_splits(root: Union[str, Path], size: int, channels: int, seed: int = 0
-                        ) -> tuple[dict[str, ImageFolderDataset], ImageFolderSplits]:  # fmt: skip
-    """The three ImageFolderDatasets of ``root`` at input side ``size`` with ``channels`` (1 or 3)."""
-    scanned = scan_image_folder(root, seed)
-    return image_folder_datasets(scanned, size, channels, seed), scanned
 
 
 def image_folder_datasets(scanned: ImageFolderSplits, size: int, channels: int, seed: int = 0

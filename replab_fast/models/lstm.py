@@ -163,12 +163,22 @@ class LSTM(nn.Module):
             if tuple(s.shape) != expected:
                 raise ValueError(f"LSTM expects {name} of shape (num_layers, B, H) = {expected}, got {tuple(s.shape)}")
 
+    def run_layer(self, k: int, layer_input: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer k over the sequence: layer_input (T, B, in), h and c (B, H) -> outputs (T, B, H),
+        h_T and c_T (B, H); one ``lstm_cell`` per step (the drop-in runs the whole layer in kernels)."""
+        weights = self.layer_parameters(k)
+        outputs = []
+        for x_t in layer_input:  # (B, in)
+            h, c = lstm_cell(x_t, h, c, *weights)  # (B, H)
+            outputs.append(h)
+        return torch.stack(outputs), h, c
+
     def forward(self, input: Tensor, hx: Optional[State] = None) -> tuple[Tensor, State]:
         """input (T, B, in) or (B, T, in), hx = (h_0, c_0) each (L, B, H) or None for zeros
         -> output (input's layout, H last), (h_n, c_n) each (L, B, H). Same call as torch.nn.LSTM."""
         self._check_input(input, hx)
         x = input.transpose(0, 1) if self.batch_first else input  # (T, B, in)
-        T, B, _ = x.shape
+        B = x.shape[1]
         if hx is None:
             zeros = x.new_zeros(self.num_layers, B, self.hidden_size)  # (L, B, H)
             hx = (zeros, zeros)
@@ -177,13 +187,7 @@ class LSTM(nn.Module):
         layer_input = x  # (T, B, in) for layer 0, (T, B, H) above
         h_n, c_n = [], []
         for k in range(self.num_layers):
-            weights = self.layer_parameters(k)
-            h, c = h_0[k], c_0[k]  # (B, H)
-            outputs = []
-            for t in range(T):
-                h, c = lstm_cell(layer_input[t], h, c, *weights)  # (B, H)
-                outputs.append(h)
-            layer_output = torch.stack(outputs)  # (T, B, H)
+            layer_output, h, c = self.run_layer(k, layer_input, h_0[k], c_0[k])  # (T, B, H), (B, H), (B, H)
             h_n.append(h)
             c_n.append(c)
             if k < self.num_layers - 1 and self.dropout > 0:

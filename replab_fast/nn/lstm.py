@@ -5,10 +5,6 @@ names, so state_dicts still load into torch.nn.LSTM) and the same call conventio
 ``replab_fast.ops.lstm`` (Triton kernels: compiled on CUDA, interpreted on the CPU).
 """
 
-from typing import Optional
-
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
@@ -21,31 +17,16 @@ __all__ = ["LSTM"]
 class LSTM(reference.LSTM):
     """``output, (h_n, c_n) = lstm(input, (h_0, c_0))`` with every layer through ``replab_fast.ops.lstm``.
 
-    A drop-in for ``replab_fast.models.lstm.LSTM``: same parameters and state_dict keys, same
-    checks of the input, same layouts (batch_first or not), a given or zero initial state, and
-    dropout between layers in training mode applied as the reference applies it (``F.dropout`` on
-    each layer's output but the last's, in the same order: the same seed draws the same masks).
+    A drop-in for ``replab_fast.models.lstm.LSTM``: same parameters and state_dict keys. It runs
+    the reference's own ``forward`` (checks, layouts, the given or zero initial state, dropout
+    between layers in training mode: the same seed draws the same masks) and replaces only
+    ``run_layer``, one layer over the whole sequence.
     """
 
-    def forward(self, input: Tensor, hx: Optional[reference.State] = None) -> tuple[Tensor, reference.State]:
-        self._check_input(input, hx)
-        x = input.transpose(0, 1) if self.batch_first else input  # (T, B, in)
-        B = x.shape[1]
-        if hx is None:
-            zeros = x.new_zeros(self.num_layers, B, self.hidden_size)  # (L, B, H)
-            hx = (zeros, zeros)
-        h_0, c_0 = hx  # each (L, B, H)
-        layer_input = x  # (T, B, in) for layer 0, (T, B, H) above
-        h_n, c_n = [], []
-        for k in range(self.num_layers):
-            layer_output, h, c = ops.lstm(layer_input, h_0[k], c_0[k], *self.layer_parameters(k))  # (T, B, H)
-            h_n.append(h)
-            c_n.append(c)
-            if k < self.num_layers - 1 and self.dropout > 0:
-                layer_output = F.dropout(layer_output, self.dropout, self.training)  # (T, B, H)
-            layer_input = layer_output
-        output = layer_input.transpose(0, 1) if self.batch_first else layer_input  # input's layout, H last
-        return output, (torch.stack(h_n), torch.stack(c_n))  # (L, B, H) each
+    def run_layer(self, k: int, layer_input: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer k in ``replab_fast.ops.lstm``: (T, B, in), (B, H), (B, H) -> (T, B, H), (B, H), (B, H).
+        The reference's ``forward`` stacks the layers (state, dropout, layouts) around it."""
+        return ops.lstm(layer_input, h, c, *self.layer_parameters(k))
 
     @classmethod
     def from_reference(cls, ref: reference.LSTM) -> "LSTM":

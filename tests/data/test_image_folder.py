@@ -7,7 +7,7 @@ import torch
 from support import write_image_folder
 
 from replab_fast.data import for_model
-from replab_fast.data.image_folder import (ImageFolderDataset, base_side, image_folder_splits, is_image_folder,
+from replab_fast.data.image_folder import (ImageFolderDataset, base_side, image_folder_datasets, is_image_folder,
                                            load_base_image, scan_image_folder)  # fmt: skip
 from replab_fast.train.tasks import parse_data
 
@@ -45,7 +45,7 @@ def test_the_imagenet_layout_tests_on_val_and_holds_out_part_of_train(imagenet_l
 
 
 def test_items_are_alexnets_input_centred_by_the_training_mean(one_folder_per_class):
-    datasets, _ = image_folder_splits(one_folder_per_class, size=32, channels=3)
+    datasets = image_folder_datasets(scan_image_folder(one_folder_per_class), size=32, channels=3)
     image, label = datasets["train"][(0, 0)]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label.dtype == torch.int64
     base = base_side(32)
@@ -58,7 +58,7 @@ def test_items_are_alexnets_input_centred_by_the_training_mean(one_folder_per_cl
 
 
 def test_training_crops_are_drawn_per_index_and_epoch(one_folder_per_class):
-    train = image_folder_splits(one_folder_per_class, size=24, channels=3)[0]["train"]
+    train = image_folder_datasets(scan_image_folder(one_folder_per_class), size=24, channels=3)["train"]
     assert torch.equal(train[(3, 5)][0], train[(3, 5)][0])  # the same key: the same crop
     draws = {tuple(train[(3, epoch)][0].flatten()[:50].tolist()) for epoch in range(8)}
     assert len(draws) > 1  # another epoch: another crop or flip
@@ -110,7 +110,7 @@ def test_bad_folders_are_clear_errors(tmp_path, problem, message):
 
 
 def test_a_corrupt_image_names_the_file(one_folder_per_class):
-    datasets, _ = image_folder_splits(one_folder_per_class, size=24, channels=3)
+    datasets = image_folder_datasets(scan_image_folder(one_folder_per_class), size=24, channels=3)
     bad = datasets["test"].files[0]
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match=f"cannot read image {bad}"):

@@ -123,6 +123,24 @@ def _dot(a, b, INTERPRETED: tl.constexpr):
         return tl.dot(a, b)
 
 
+@device_function
+def _cell_tile(n_batch, hidden, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's tile of a one-step cell kernel: batch rows program_id(0) * BLOCK_B + ..., hidden
+    units program_id(1) * BLOCK_H + ... of every gate. Returns the gate columns, their mask and
+    g-gate flags (4 BLOCK_H,), then the offsets and masks of the (B, 4H) tile (BLOCK_B, 4 BLOCK_H)
+    and of the (B, H) tile (BLOCK_B, BLOCK_H)."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
+    u0 = tl.program_id(1) * BLOCK_H
+    units = u0 + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
+    cols, col_mask, is_g = _gate_cols(u0, hidden, BLOCK_H)  # (4 BLOCK_H,)
+    row_mask = rows < n_batch
+    gate_mask = row_mask[:, None] & col_mask[None, :]
+    mask = row_mask[:, None] & (units < hidden)[None, :]
+    gate_rows = _row_offsets(0, rows, n_batch, 4 * hidden)[:, None] + cols[None, :]  # (BLOCK_B, 4 BLOCK_H)
+    state_rows = _row_offsets(0, rows, n_batch, hidden)[:, None] + units[None, :]  # (BLOCK_B, BLOCK_H)
+    return cols, col_mask, is_g, gate_rows, gate_mask, state_rows, mask
+
+
 @triton.jit
 def _lstm_cell_fwd_kernel(
     xg_ptr,  # (B, 4H) input projection x_t W_ih^T, contiguous
@@ -144,15 +162,7 @@ def _lstm_cell_fwd_kernel(
     h_t = o tanh(c_t), for BLOCK_B x BLOCK_H units of every gate. (A layer passes the (B, .)
     slices of its (T, B, .) tensors: their offsets are formed by torch, in int64.)"""
     cdt = tl.float64 if IS_FP64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
-    u0 = tl.program_id(1) * BLOCK_H
-    units = u0 + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
-    cols, col_mask, is_g = _gate_cols(u0, hidden, BLOCK_H)  # (4 BLOCK_H,)
-    row_mask = rows < n_batch
-    gate_mask = row_mask[:, None] & col_mask[None, :]
-    mask = row_mask[:, None] & (units < hidden)[None, :]
-    gate_rows = _row_offsets(0, rows, n_batch, 4 * hidden)[:, None] + cols[None, :]  # (BLOCK_B, 4 BLOCK_H)
-    state_rows = _row_offsets(0, rows, n_batch, hidden)[:, None] + units[None, :]  # (BLOCK_B, BLOCK_H)
+    cols, col_mask, is_g, gate_rows, gate_mask, state_rows, mask = _cell_tile(n_batch, hidden, BLOCK_B, BLOCK_H)
     pre = tl.load(xg_ptr + gate_rows, mask=gate_mask, other=0.0).to(cdt)
     pre += tl.load(hg_ptr + gate_rows, mask=gate_mask, other=0.0).to(cdt)
     pre += _bias_cols(b_ih_ptr, b_hh_ptr, cols, col_mask, cdt)[None, :]
@@ -184,15 +194,7 @@ def _lstm_cell_bwd_kernel(
     """One step backward, pointwise: d(pre-activations) of the four gates and dc_{t-1} from
     dh_t = dy_t + dh_rec and dc_t (see ``_cell_backward``); dc is updated in place."""
     cdt = tl.float64 if IS_FP64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)  # (BLOCK_B,)
-    u0 = tl.program_id(1) * BLOCK_H
-    units = u0 + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
-    cols, col_mask, is_g = _gate_cols(u0, hidden, BLOCK_H)  # (4 BLOCK_H,)
-    row_mask = rows < n_batch
-    gate_mask = row_mask[:, None] & col_mask[None, :]
-    mask = row_mask[:, None] & (units < hidden)[None, :]
-    gate_rows = _row_offsets(0, rows, n_batch, 4 * hidden)[:, None] + cols[None, :]  # (BLOCK_B, 4 BLOCK_H)
-    state_rows = _row_offsets(0, rows, n_batch, hidden)[:, None] + units[None, :]  # (BLOCK_B, BLOCK_H)
+    cols, col_mask, is_g, gate_rows, gate_mask, state_rows, mask = _cell_tile(n_batch, hidden, BLOCK_B, BLOCK_H)
     dh = tl.full([BLOCK_B, BLOCK_H], 0.0, dtype=cdt)
     if HAS_DY:
         dh += tl.load(dy_ptr + state_rows, mask=mask, other=0.0).to(cdt)
