@@ -1,7 +1,9 @@
 """pytest configuration of the benchmark suite: options, the session context, ordering, metadata.
 
 Options (each also read from an environment variable, so `make` can pass them through):
-  --quick              the quick sweep set (REPLAB_BENCH_QUICK=1); make gpu-check uses it by default
+  --quick              the quick sweep set (REPLAB_BENCH_QUICK=1)
+  --headline           the headline set (REPLAB_BENCH_HEADLINE=1): the quick set, with attention at
+                       D = 64 and 128 and the conv at four layers; make gpu-check's stage d
   --bench-budget S     skip, with a stated reason, every case that would start after S seconds
                        (REPLAB_BENCH_BUDGET); the JSON is still written at the end
   --bench-jsonl PATH   also append each case to PATH as it finishes (REPLAB_BENCH_JSONL), so a run
@@ -39,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("replab-bench", "replab_fast benchmarks")
     group.addoption("--quick", action="store_true", default=_env_flag("REPLAB_BENCH_QUICK"),
                     help="the quick sweep set (fits make gpu-check's 10-minute budget)")
+    group.addoption("--headline", action="store_true", default=_env_flag("REPLAB_BENCH_HEADLINE"),
+                    help="the headline set (the quick set; attention at D = 64 and 128, four conv layers)")
     group.addoption("--bench-budget", type=float, default=float(os.environ.get("REPLAB_BENCH_BUDGET") or 0) or None,
                     help="skip cases that would start after this many seconds")
     group.addoption("--bench-jsonl", default=os.environ.get("REPLAB_BENCH_JSONL") or None,
@@ -62,7 +66,7 @@ def bench_ctx(request: pytest.FixtureRequest) -> BenchContext:
         device = torch.device("cuda", torch.cuda.current_device())
     ctx = BenchContext(
         device=device,
-        quick=bool(config.getoption("--quick")),
+        quick=bool(config.getoption("--quick") or config.getoption("--headline")),
         budget_s=config.getoption("--bench-budget"),
         env=environment(device),
         jsonl_path=config.getoption("--bench-jsonl"),

@@ -17,7 +17,7 @@ import torch
 from bench.ceilings import Ceilings, measure_ceilings
 from replab_fast.timing import POLICIES, TimingPolicy
 
-__all__ = ["resolve_device", "quick_sweep", "BenchContext"]
+__all__ = ["resolve_device", "quick_sweep", "headline", "BenchContext"]
 
 
 def resolve_device(config: Any) -> torch.device:
@@ -38,7 +38,12 @@ def quick_sweep(config: Any) -> bool:
     case skips: list the quick set only, to say so once per case)."""
     if resolve_device(config).type != "cuda":
         return True
-    return bool(config.getoption("--quick", default=False))
+    return bool(config.getoption("--quick", default=False)) or headline(config)
+
+
+def headline(config: Any) -> bool:
+    """Whether the session runs the headline set (--headline: make gpu-check's stage d)."""
+    return bool(config.getoption("--headline", default=False))
 
 
 @dataclass

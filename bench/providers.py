@@ -45,6 +45,8 @@ PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in [
         Provider("eager", "reference", "the reference implementation in eager mode"),
+        Provider("eager-tf32", "reference", "the reference in eager mode with cuDNN's default TF32 convolutions "
+                 "(float32 conv cases; the other providers run them in true fp32)", needs_cuda=True),
         Provider("compile", "compiled", "the reference under torch.compile (default mode)"),
         Provider("torch", "pytorch", "PyTorch's own fused op (e.g. F.rms_norm, cuDNN conv/LSTM)"),
         Provider("sdpa-flash", "pytorch", "F.scaled_dot_product_attention, flash backend", needs_cuda=True),

@@ -24,6 +24,9 @@ bfloat16, forward (inference, no autograd): the latency of one token's attention
 ``enable_gqa=True``; a backend that refuses it is skipped with its error as the reason. Bytes:
 K and V read once (2 B S Hk D 2), the floor of a memory-bound op.
 
+Sets: --quick takes T = 4k, D = 128, causal, forward and backward, and decode at B = 1, S = 32k;
+--headline (make gpu-check's stage d) the same at D = 64 and 128.
+
 Targets (read off a GPU run, never asserted): forward, causal, D = 128, T >= 4k:
 >= 450 TFLOP/s and at least sdpa-flash; backward >= 0.9x sdpa-flash; decode at S = 32k at least
 as fast as SDPA; peak memory linear in T. GPU only: skipped on a CPU (the interpreter would take
@@ -38,7 +41,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.context import BenchContext, quick_sweep
+from bench.context import BenchContext, headline, quick_sweep
 from bench.op_cases import bench_op
 from bench.providers import require, sdpa_backend
 from replab_fast.models.llama import attention_ref
@@ -60,7 +63,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     quick = quick_sweep(metafunc.config)
     if "seq_len" in metafunc.fixturenames:
         metafunc.parametrize("seq_len", SEQ_QUICK if quick else SEQ_FULL)
-        metafunc.parametrize("head_dim", HEAD_DIM_QUICK if quick else HEAD_DIM_FULL)
+        metafunc.parametrize("head_dim", HEAD_DIM_QUICK if quick and not headline(metafunc.config) else HEAD_DIM_FULL)
         metafunc.parametrize("causal", CAUSAL_QUICK if quick else CAUSAL_FULL, ids=lambda c: "causal" if c else "full")
         metafunc.parametrize("mode", MODES_QUICK if quick else MODES)
         metafunc.parametrize("provider", PROVIDERS)

@@ -14,9 +14,14 @@ reference modules, at several batch sizes:
     alex_conv4 384 -> 384, 3x3 p1 g2;  alex_conv5 384 -> 256, 3x3 p1 g2 + max-pool 3/2
     at batch 1 and 128.
 dtypes float32 and bfloat16 (CUDA; the CPU runs float32), modes forward and full (forward +
-backward). Providers:
+backward). --quick takes 7 layers; --headline (make gpu-check's stage d) LeNet's C1 and C3 at
+batch 1024 and AlexNet's conv2 and conv5 at batch 128. Providers:
   eager        the reference chain in eager mode: cuDNN's conv (oneDNN's on a CPU), then the
                activation, then the pooling, each its own kernel
+  eager-tf32   float32 on CUDA only: the same with cuDNN's default TF32 convolutions. TF32 rounds
+               the operands to 10 mantissa bits; every other provider, ours included, runs float32
+               cases in true fp32 (torch.backends.cudnn.allow_tf32 = False around each case, and
+               recorded as ``cudnn_allow_tf32``), so they compare like for like
   compile      the same chain under torch.compile (on a CPU only with REPLAB_BENCH_CPU_COMPILE=1:
                cold compiles are slow on a small CPU)
   replab_fast  the chain with ``replab_fast.accelerate`` swapped in: ``ConvSequential``, one
@@ -34,20 +39,21 @@ a CPU, within 3x of eager at the LeNet shapes. GPU verification pending: no GPU 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
 from torch import nn
 
-from bench.context import BenchContext, resolve_device
+from bench.context import BenchContext, headline, resolve_device
 from bench.op_cases import bench_op
 from bench.providers import fast_drop_in, require
 from replab_fast.models.lenet import C3_TABLE, PartialConv2d, ScaledTanh
 
-PROVIDERS = ("eager", "compile", "replab_fast")
+PROVIDERS = ("eager", "eager-tf32", "compile", "replab_fast")
 MODES = ("forward", "full")
 
 
@@ -95,6 +101,7 @@ LAYERS = {
 BATCHES = {"lenet": (1, 64, 1024), "alexnet": (1, 128)}
 QUICK_BATCHES = {"lenet": (64, 1024), "alexnet": (128,)}
 QUICK_LAYERS = ("lenet_c1", "lenet_c3", "lenet_c5", "alex_conv1", "alex_conv2", "alex_conv3", "alex_conv5")
+HEADLINE_CASES = (("lenet_c1", 1024), ("lenet_c3", 1024), ("alex_conv2", 128), ("alex_conv5", 128))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -102,15 +109,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     quick = bool(metafunc.config.getoption("--quick", default=False))
     on_cuda = resolve_device(metafunc.config).type == "cuda"
-    cases = []
-    for layer in LAYERS.values():
-        if on_cuda and quick and layer.name not in QUICK_LAYERS:
-            continue
-        if not on_cuda and layer.family != "lenet":
-            cases.append((layer.name, BATCHES[layer.family][-1]))  # listed once, skipped with the reason
-            continue
-        batches = (QUICK_BATCHES if (quick and on_cuda) else BATCHES)[layer.family]
-        cases += [(layer.name, b) for b in batches]
+    if on_cuda and headline(metafunc.config):
+        cases = list(HEADLINE_CASES)
+    else:
+        cases = []
+        for layer in LAYERS.values():
+            if on_cuda and quick and layer.name not in QUICK_LAYERS:
+                continue
+            if not on_cuda and layer.family != "lenet":
+                cases.append((layer.name, BATCHES[layer.family][-1]))  # listed once, skipped with the reason
+                continue
+            batches = (QUICK_BATCHES if (quick and on_cuda) else BATCHES)[layer.family]
+            cases += [(layer.name, b) for b in batches]
     metafunc.parametrize("conv_case", cases, ids=[f"{n}-b{b}" for n, b in cases])
     metafunc.parametrize("dtype", ("bfloat16", "float32") if on_cuda else ("float32",))
     metafunc.parametrize("mode", MODES)
@@ -144,11 +154,14 @@ def test_conv2d(benchmark, bench_ctx: BenchContext, conv_case, dtype: str, mode:
     if provider == "compile" and not bench_ctx.is_cuda and os.environ.get("REPLAB_BENCH_CPU_COMPILE") != "1":
         pytest.skip("torch.compile on a CPU: cold compiles are slow here; REPLAB_BENCH_CPU_COMPILE=1 runs it")
     require(provider, device)
+    if provider == "eager-tf32" and dtype != "float32":
+        pytest.skip("eager-tf32 is the float32 cases' TF32 column; this case is " + dtype)
     torch_dtype = getattr(torch, dtype)
+    tf32 = provider == "eager-tf32"
 
     torch.manual_seed(0)
     reference = layer.build().to(device=device, dtype=torch_dtype)
-    if provider == "eager":
+    if provider in ("eager", "eager-tf32"):
         module = reference
         fn = module
     elif provider == "compile":
@@ -174,5 +187,17 @@ def test_conv2d(benchmark, bench_ctx: BenchContext, conv_case, dtype: str, mode:
         make_inputs=make_inputs, params=list(module.parameters()), bytes_moved=bytes_moved, flops=flops,
         shape=[batch, *layer.in_shape], dtype=dtype,
         sweep={"name": f"conv2d {name} {dtype} {mode}", "x_name": "batch", "x": batch},
-        extra={"layer": name, "fused": [type(m).__name__ for m in module.children()]},
+        extra={"layer": name, "fused": [type(m).__name__ for m in module.children()], "cudnn_allow_tf32": tf32},
+        context=lambda: cudnn_tf32(tf32),
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def cudnn_tf32(allow: bool) -> Iterator[None]:
+    """cuDNN's convolutions with TF32 allowed or not, for the duration of a case."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

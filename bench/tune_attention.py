@@ -1,6 +1,6 @@
 """Sweep the attention kernels' block sizes on a GPU (a tuning aid, not a benchmark of record).
 
-    python -m bench.tune_attention [--quick] [--json PATH]
+    python -m bench.tune_attention [--quick] [--json PATH] [--budget S]
 
 For bfloat16, B * T = 16384 tokens, H * D = 2048 (as bench/test_attention.py), causal, it times
 ``attention_forward`` / ``attention_backward`` with every candidate ``AttentionConfig`` next to
@@ -8,6 +8,8 @@ SDPA's flash backend, checks each candidate's output against SDPA (relative erro
 config cannot win), and prints TFLOP/s per candidate; decode (one token, Hq = 32, Hk = 8,
 S = 32k) sweeps the number of key slices. The winners belong in ``attention_config``'s table.
 Timing: ``triton.testing.do_bench`` (CUDA events, median). Nothing here runs on a CPU.
+``--budget S``: no candidate starts after S seconds (make gpu-check's stage e); the JSON is
+rewritten after every measurement, so a run stopped early keeps what it measured.
 """
 
 from __future__ import annotations
@@ -15,29 +17,41 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
 
-def _candidates(D: int):
+def _candidates(D: int, quick: bool = False):
+    """Every pairing of a forward and a backward block config; quick: each forward config with the
+    first backward one and each backward config with the first forward one (one axis at a time)."""
     from replab_fast.kernels.attention.launch import AttentionConfig
 
     fwd = [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4)]
     bwd = [(32, 128, 8, 2), (32, 128, 4, 3), (16, 128, 8, 2), (32, 64, 4, 3), (64, 128, 8, 2)]
     if D <= 64:
         fwd += [(128, 128, 8, 3)]
-    for bm, bn, w, st in fwd:
-        for bbm, bbn, bw, bst in bwd:
+    for i, (bm, bn, w, st) in enumerate(fwd):
+        for j, (bbm, bbn, bw, bst) in enumerate(bwd):
+            if quick and i and j:
+                continue
             yield AttentionConfig(bm, bn, w, st, bbm, bbn, bw, 64, decode=False, bwd_num_stages=bst)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="T = 4096, D = 128 only")
+    parser.add_argument("--quick", action="store_true", help="T = 4096, D = 128 only, one config axis at a time")
     parser.add_argument("--json", default=None, help="write every measurement here")
+    parser.add_argument("--budget", type=float, default=None, help="start no candidate after this many seconds")
     args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    def out_of_time() -> bool:
+        return args.budget is not None and time.monotonic() - started > args.budget
+
     if not torch.cuda.is_available():
         print("tune_attention needs a CUDA device", file=sys.stderr)
         return 2
@@ -48,6 +62,15 @@ def main(argv=None) -> int:
 
     rows = []
     device = torch.device("cuda")
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, budget_s=args.budget)
+
+    def save(complete: bool) -> None:
+        if args.json:
+            with open(args.json + ".tmp", "w") as f:
+                json.dump(dict(meta, complete=complete, elapsed_s=round(time.monotonic() - started, 1), rows=rows),
+                          f, indent=1)  # fmt: skip
+            os.replace(args.json + ".tmp", args.json)
+
     shapes = [(4096, 128)] if args.quick else [(2048, 128), (4096, 128), (8192, 128), (4096, 64)]
     for T, D in shapes:
         B, H = 16384 // T, 2048 // D
@@ -66,7 +89,11 @@ def main(argv=None) -> int:
         rows.append(dict(T=T, D=D, provider="sdpa-flash", mode="forward", ms=ms, tflops=fwd_flops / ms / 1e9))
         print(f"T={T} D={D} sdpa-flash forward {ms:.3f} ms {fwd_flops / ms / 1e9:.0f} TFLOP/s", flush=True)
         seen_fwd = set()
-        for cfg in _candidates(D):
+        for cfg in _candidates(D, quick=args.quick):
+            if out_of_time():
+                print(f"  budget of {args.budget:.0f} s used up: the remaining candidates are not measured", flush=True)
+                break
+            save(complete=False)
             try:
                 fwd_key = (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
                 out, lse = attention_forward(q, k, v, True, None, config=cfg)
@@ -100,6 +127,9 @@ def main(argv=None) -> int:
         k, v = (torch.randn(B, S, Hk, D, generator=g, device=device, dtype=torch.bfloat16) for _ in range(2))
         bytes_kv = 2 * B * S * Hk * D * 2
         for splits in (None, 8, 16, 32, 64, 128):
+            if out_of_time():
+                break
+            save(complete=False)
             cfg = AttentionConfig(128, 64, 8, 3, 32, 128, 8, 64, decode=True, num_splits=splits)
             ms = triton.testing.do_bench(
                 lambda: attention_forward(q, k, v, True, None, config=cfg), return_mode="median"
@@ -107,9 +137,7 @@ def main(argv=None) -> int:
             rows.append(dict(B=B, S=S, provider="replab_fast", mode="decode", splits=splits, ms=ms,
                              gbps=bytes_kv / ms / 1e6))  # fmt: skip
             print(f"decode B={B} S={S} splits={splits}: {ms * 1e3:.1f} us {bytes_kv / ms / 1e6:.0f} GB/s", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
+    save(complete=not out_of_time())
     return 0 if rows and all(math.isfinite(r["ms"]) for r in rows) else 1
 
 

@@ -36,7 +36,9 @@ __all__ = [
     "Row",
     "BenchRun",
     "load",
+    "merge",
     "ratios_to_best_peer",
+    "summary_table",
     "render_markdown",
     "render_plots",
     "find_results",
@@ -177,6 +179,20 @@ def load(path: str | Path) -> BenchRun:
             if machine.get(key) is None and rows[0].info.get(key) is not None:
                 machine[key] = rows[0].info[key]
     return BenchRun(path=path, rows=rows, machine=machine, when=when, meta=dict(data.get("replab") or {}))
+
+
+def merge(runs: Sequence[BenchRun]) -> BenchRun:
+    """Several JSONs of one run folder as one (make gpu-check writes the op benchmarks to bench.json
+    and the model baselines to bench-models.json): the rows of all, the machine facts of the
+    first that has them, the newest time, the skipped cases of all."""
+    if not runs:
+        raise ValueError("merge needs at least one run")
+    machine = next((r.machine for r in runs if r.machine.get("gpu") or r.machine.get("ceilings")), runs[0].machine)
+    times = [r.when for r in runs if r.when is not None]
+    meta = dict(runs[0].meta)
+    meta["skipped"] = [s for r in runs for s in r.skipped()]
+    return BenchRun(path=runs[0].path, rows=[row for r in runs for row in r.rows], machine=machine,
+                    when=max(times) if times else None, meta=meta)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,12 +480,14 @@ def render_plots(run: BenchRun, outdir: str | Path, *, filename: str = "sweeps.p
 # --------------------------------------------------------------------------------------------
 
 
+RESULT_PATTERNS = ("*/bench.json", "*/bench.json.gz", "*/bench-*.json", "*/bench-*.json.gz")
+
+
 def find_results(results_dir: str | Path, *, committed_only: bool = True) -> list[Path]:
-    """Every ``*/bench.json`` (or ``.json.gz``) under ``results_dir`` (not ``local/``); only
-    git-tracked ones by default."""
+    """Every ``*/bench.json`` and ``*/bench-*.json`` (or ``.json.gz``) under ``results_dir`` (not
+    ``local/``); only git-tracked ones by default."""
     results_dir = Path(results_dir)
-    found = sorted(p for pattern in ("*/bench.json", "*/bench.json.gz") for p in results_dir.glob(pattern)
-                   if p.parent.name != "local")  # fmt: skip
+    found = sorted({p for pattern in RESULT_PATTERNS for p in results_dir.glob(pattern) if p.parent.name != "local"})
     if not committed_only or not found:
         return found
     try:
@@ -486,15 +504,18 @@ def find_results(results_dir: str | Path, *, committed_only: bool = True) -> lis
 
 
 def newest_result(results_dir: str | Path, *, committed_only: bool = True) -> Optional[BenchRun]:
-    """The newest GPU run among the results (by the time pytest-benchmark wrote it)."""
-    runs = []
-    for path in find_results(results_dir, committed_only=committed_only):
+    """The newest GPU run among the results (by the time pytest-benchmark wrote it); the JSONs of
+    one folder are one run (``merge``), bench.json first."""
+    by_folder: dict[Path, list[BenchRun]] = {}
+    paths = find_results(results_dir, committed_only=committed_only)
+    for path in sorted(paths, key=lambda p: (p.parent, not p.name.startswith("bench.json"))):
         try:
             run = load(path)
         except (ValueError, OSError):
             continue
         if run.gpu and run.rows:
-            runs.append(run)
+            by_folder.setdefault(path.parent, []).append(run)
+    runs = [merge(folder_runs) for folder_runs in by_folder.values()]
     if not runs:
         return None
     epoch = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
@@ -508,7 +529,7 @@ def _relpath(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def _summary_table(run: BenchRun) -> list[str]:
+def summary_table(run: BenchRun) -> list[str]:
     """Case x provider pivot: models in throughput, ops and ceilings in median time."""
     providers = sorted({r.provider for r in run.rows}, key=_provider_key)
     lines = ["| case | " + " | ".join(providers) + " |", "| --- |" + " ---: |" * len(providers)]
@@ -554,7 +575,7 @@ def render_readme_section(run: Optional[BenchRun], *, repo_root: str | Path = ".
     ]
     lines += [f"- {c}" for c in acceptance_checks(run)]
     lines += ["", "Models: throughput; ops: median time per call (fraction of the ceiling); bold: fastest.", ""]
-    lines += _summary_table(run)
+    lines += summary_table(run)
     return "\n".join(lines) + "\n"
 
 
