@@ -263,3 +263,21 @@ def test_readme_without_markers_is_an_error(tmp_path, capsys):
     readme.write_text("# no markers\n")
     assert main(["bench-report", "--readme", str(readme), "--results", str(tmp_path)]) == 2
     assert "perf:begin" in capsys.readouterr().err
+
+
+def test_a_gpu_check_folder_is_one_run_its_ops_and_its_models(repo):
+    """make gpu-check writes the op benchmarks to bench.json and the model baselines to
+    bench-models.json: the README reads the folder as one run."""
+    data = _bench_json()
+    ops = dict(data, benchmarks=[e for e in data["benchmarks"] if e["extra_info"]["section"] != "models"])
+    models = dict(data, benchmarks=[e for e in data["benchmarks"] if e["extra_info"]["section"] == "models"],
+                  replab={"skipped": [{"case": "bench/test_models.py::x", "reason": "model reason"}]})  # fmt: skip
+    folder = _add_result(repo, "h100_2026-11-21_0930", ops, stage=False)
+    (folder / "bench-models.json").write_text(json.dumps(models))
+    _git(repo, "add", str(folder.relative_to(repo)))
+    run = br.newest_result(repo / "bench" / "results")
+    assert {r.section for r in run.rows} == {"device", "ops", "models"}
+    assert run.path.name == "bench.json" and len(run.skipped()) == 2
+    assert br.update_readme(repo / "README.md", repo / "bench" / "results")
+    section = (repo / "README.md").read_text().split("<!-- perf:begin -->")[1]
+    assert "| model/llama-small/train/B8xT1024 |" in section and "rms_norm/bfloat16/forward/8192x4096" in section

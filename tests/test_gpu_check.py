@@ -295,6 +295,16 @@ def test_the_summary_renders_whatever_finished(tmp_path):
     assert b'name="attention"' in merged
 
 
+def test_without_a_gpu_the_command_says_so_and_names_the_rehearsal(tmp_path):
+    import os
+
+    env = dict(os.environ, PATH=str(tmp_path))  # no nvidia-smi on this PATH
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--results", str(tmp_path / "r")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "REHEARSAL=1" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 # -- the rehearsal, reduced -----------------------------------------------------------------
 
 
