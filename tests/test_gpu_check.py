@@ -173,6 +173,25 @@ def test_the_gpu_plan_orders_its_stages_and_runs_only_gpu_tests(tmp_path):
     assert "--headline" in headline and "bench/test_attention.py" in headline and "bench/test_models.py" not in headline
 
 
+def _collected(paths, marker: str, k: str = "") -> set[str]:
+    argv = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *paths, "-m", marker]
+    out = subprocess.run(argv + (["-k", k] if k else []), cwd=ROOT, capture_output=True, text=True, timeout=300).stdout
+    return {line for line in out.splitlines() if "::" in line}
+
+
+@pytest.mark.slow
+def test_the_shards_split_each_file_without_losing_or_repeating_a_gpu_test():
+    by_file: dict[tuple, list] = {}
+    for shard in plans.SHARDS:
+        by_file.setdefault(shard.paths, []).append(shard)
+    for paths, shards in by_file.items():
+        if len(shards) < 2:
+            continue
+        parts = [_collected(paths, "gpu", s.k) for s in shards]
+        assert all(parts) and sum(len(p) for p in parts) == len(set().union(*parts)), paths  # disjoint
+        assert set().union(*parts) == _collected(paths, "gpu"), paths  # complete
+
+
 def test_the_rehearsal_runs_the_cpu_counterparts_and_skips_the_sweep():
     p = plans.rehearsal_plan(ROOT, "abc", "now")
     assert p.deadline_s <= 15 * 60
@@ -254,7 +273,17 @@ def test_smoke_fails_an_op_that_is_off_and_passes_the_real_one():
     assert not ok and not rows[0]["passed"]
 
 
-@pytest.mark.parametrize("path", ["direct-fp32", "gemm-fp32", "gemm-bf16-dcol", "fp64-simple"])
+def test_each_conv_path_layer_lands_on_the_kernel_it_names():
+    from bench.gpu_check.conv_paths import PATHS, forward_path
+
+    assert {name: forward_path(p) for name, p in PATHS.items()} == {
+        "direct-fp32": "direct", "gemm-fp32": "gemm", "gemm-bf16": "gemm", "gemm-bf16-dcol": "gemm", "fp64-gemm": "gemm"}
+    cgrs = {name: p.in_channels // p.groups * p.kernel**2 for name, p in PATHS.items()}
+    assert cgrs["gemm-bf16"] % 8 == 0 and cgrs["gemm-bf16-dcol"] % 8 != 0  # cp.async pipeline vs registers
+    assert PATHS["gemm-bf16-dcol"].in_channels < 16 <= PATHS["gemm-bf16"].in_channels  # DcolOp vs DgradOp
+
+
+@pytest.mark.parametrize("path", ["direct-fp32", "gemm-fp32", "gemm-bf16-dcol", "fp64-gemm"])
 def test_conv_paths_run_on_the_cpu_within_their_tolerance(path):
     import torch
 

@@ -3,16 +3,17 @@
     python -m bench.gpu_check.conv_paths PATH [--device cuda|cpu]
     compute-sanitizer --tool memcheck --error-exitcode 3 python -m bench.gpu_check.conv_paths PATH
 
-The paths (csrc/conv2d_cuda.cu picks them per layer; the shapes below are chosen to land on each):
-  direct-fp32       direct_fused_kernel (tiny layer, weights in shared memory, pooling fused) and
-                    the simple backward: 1 -> 6, 5x5, ReLU, max-pool 2/2
+The paths (csrc/conv2d_cuda.cu's pick_forward_path takes the direct kernel when every weight fits
+in 32 KB and a conv output sums at most 256 products, else the GEMM; the shapes below land on each):
+  direct-fp32       direct_fused_kernel (weights in shared memory, pooling fused) and the simple
+                    backward: 1 -> 6, 5x5, ReLU, max-pool 2/2 (25 products)
   gemm-fp32         igemm_simt_kernel + pool_epilogue_kernel; the GEMM backward (WgradOp, DgradOp
-                    with 16 input channels): 16 -> 32, 3x3, pad 1, ReLU, max-pool 2/2
-  gemm-bf16         igemm_wmma_kernel with the cp.async weight pipeline (C*R*S = 144, a multiple
-                    of 8); the GEMM backward on tensor cores: 16 -> 32, 3x3, pad 1, ReLU, max-pool 2/2
-  gemm-bf16-dcol    igemm_wmma_kernel loading the weight through registers (C*R*S = 75); grad_input
-                    by DcolOp + col2im (3 input channels): 3 -> 16, 5x5, stride 2, ReLU
-  fp64-simple       igemm_simt_kernel in float64 and the simple backward: 16 -> 8, 3x3, 2 groups, tanh
+                    with 32 input channels): 32 -> 32, 3x3, pad 1, ReLU, max-pool 2/2 (288 products)
+  gemm-bf16         igemm_wmma_kernel with the cp.async weight pipeline (288, a multiple of 8); the
+                    GEMM backward on tensor cores: 32 -> 32, 3x3, pad 1, ReLU, max-pool 2/2
+  gemm-bf16-dcol    igemm_wmma_kernel loading the weight through registers (363 products); grad_input
+                    by DcolOp + col2im (3 input channels): AlexNet's conv1, 3 -> 16, 11x11, stride 4, ReLU
+  fp64-gemm         igemm_simt_kernel in float64 and the simple backward: 32 -> 8, 3x3, tanh
 
 Each runs the fused op forward and backward once and checks it against the float64 reference
 (loosely: the parity tests hold the real bounds; this is the sanitizer's workload), and exits 1
@@ -28,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ConvPath", "PATHS", "run_path"]
+__all__ = ["ConvPath", "PATHS", "forward_path", "run_path"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,22 @@ class ConvPath:
 
 PATHS = {
     "direct-fp32": ConvPath("float32", 2, 1, 12, 6, 5, pool=("max", 2, 2)),
-    "gemm-fp32": ConvPath("float32", 2, 16, 9, 32, 3, padding=1, pool=("max", 2, 2)),
-    "gemm-bf16": ConvPath("bfloat16", 2, 16, 9, 32, 3, padding=1, pool=("max", 2, 2)),
-    "gemm-bf16-dcol": ConvPath("bfloat16", 2, 3, 15, 16, 5, stride=2),
-    "fp64-simple": ConvPath("float64", 2, 16, 7, 8, 3, groups=2, activation="tanh"),
+    "gemm-fp32": ConvPath("float32", 2, 32, 9, 32, 3, padding=1, pool=("max", 2, 2)),
+    "gemm-bf16": ConvPath("bfloat16", 2, 32, 9, 32, 3, padding=1, pool=("max", 2, 2)),
+    "gemm-bf16-dcol": ConvPath("bfloat16", 2, 3, 31, 16, 11, stride=4),
+    "fp64-gemm": ConvPath("float64", 2, 32, 7, 8, 3, activation="tanh"),
 }
+DIRECT_MAX_WEIGHT_BYTES, DIRECT_MAX_PRODUCTS = 32 * 1024, 256  # pick_forward_path's rule
+
+
+def forward_path(p: ConvPath) -> str:
+    """Which forward kernel csrc/conv2d_cuda.cu picks for this layer on CUDA (fp32 accumulators)."""
+    cg = p.in_channels // p.groups
+    weights = p.out_channels * cg * p.kernel * p.kernel
+    acc = 8 if p.dtype == "float64" else 4
+    return "direct" if weights * acc <= DIRECT_MAX_WEIGHT_BYTES and cg * p.kernel**2 <= DIRECT_MAX_PRODUCTS else "gemm"
+
+
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10, "bfloat16": 3e-2}  # relative to max(1, |reference|)
 
 

@@ -83,15 +83,20 @@ class Plan:
 class Shard:
     name: str
     paths: tuple[str, ...]
+    k: str = ""  # a -k that splits a file's tests between shards (its Triton compiles then run in parallel)
     needs_build: bool = False
     reduced_k: str = ""  # the -k of the reduced rehearsal ("" = left out of it)
 
 
+_ATTENTION_MAIN = "test_attention_matches_reference"
+_LSTM_MAIN = "test_layer_matches_reference or test_saturated_gates_stay_finite or test_long_sequence"
 SHARDS = (
-    Shard("attention", ("tests/kernels/test_attention.py",)),
+    Shard("attention", ("tests/kernels/test_attention.py",), k=_ATTENTION_MAIN),
+    Shard("attention-rest", ("tests/kernels/test_attention.py",), k=f"not ({_ATTENTION_MAIN})"),
     Shard("rms_norm", ("tests/kernels/test_rms_norm.py",), reduced_k="test_rms_norm_matches_reference and rows3 and 127"),
     Shard("rope", ("tests/kernels/test_rope.py",)),
-    Shard("lstm", ("tests/kernels/test_lstm_kernels.py",)),
+    Shard("lstm", ("tests/kernels/test_lstm_kernels.py",), k=_LSTM_MAIN),
+    Shard("lstm-rest", ("tests/kernels/test_lstm_kernels.py",), k=f"not ({_LSTM_MAIN})"),
     Shard("swap", ("tests/nn/test_llama_swap.py", "tests/nn/test_lstm_swap.py")),
     Shard("conv2d", ("tests/kernels/test_conv2d.py", "tests/nn/test_conv_swap.py"), needs_build=True,
           reduced_k="test_parity_float32_cpu and case0"),
@@ -136,7 +141,7 @@ def _shard_steps(device: str, reduced: bool, timeout_s: float) -> list[Step]:
         if reduced and not shard.reduced_k:
             continue
         junit = f"junit/{shard.name}.xml"
-        argv = _pytest(shard.paths, marker, junit, k=shard.reduced_k if reduced else "", per_test_timeout=120)
+        argv = _pytest(shard.paths, marker, junit, k=shard.reduced_k if reduced else shard.k, per_test_timeout=120)
         steps.append(Step(f"tests/{shard.name}", argv, f"logs/tests-{shard.name}.log", timeout_s, outputs=[junit],
                           needs_build=shard.needs_build))  # fmt: skip
     return steps
