@@ -287,10 +287,10 @@ def test_each_conv_path_layer_lands_on_the_kernel_it_names():
 def test_conv_paths_run_on_the_cpu_within_their_tolerance(path):
     import torch
 
-    from bench.gpu_check.conv_paths import PATHS, TOLERANCE, run_path
+    from bench.gpu_check.conv_paths import PATHS, TOLERANCE, dtype_on, run_path
 
-    dtype = PATHS[path].dtype.replace("bfloat16", "float32")
-    assert run_path(path, torch.device("cpu")) <= TOLERANCE[dtype]
+    cpu = torch.device("cpu")
+    assert run_path(path, cpu) <= TOLERANCE[dtype_on(PATHS[path], cpu)]
 
 
 # -- the summary ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["ConvPath", "PATHS", "forward_path", "run_path"]
+__all__ = ["ConvPath", "PATHS", "dtype_on", "forward_path", "run_path"]
 
 
 @dataclass(frozen=True)
@@ -68,15 +68,19 @@ def forward_path(p: ConvPath) -> str:
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10, "bfloat16": 3e-2}  # relative to max(1, |reference|)
 
 
+def dtype_on(p: ConvPath, device: torch.device) -> str:
+    """The dtype a path runs in on ``device``: the C++ CPU conv takes float32 / float64, so a
+    bfloat16 path runs in float32 there."""
+    return "float32" if device.type == "cpu" and p.dtype == "bfloat16" else p.dtype
+
+
 def run_path(name: str, device: torch.device) -> float:
     """The largest relative difference from the float64 reference over the output and the gradients."""
     from replab_fast import ops
     from replab_fast.kernels.conv2d.reference import conv2d_ref
 
     p = PATHS[name]
-    dtype = getattr(torch, p.dtype)
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        dtype = torch.float32  # the C++ CPU conv takes float32 / float64
+    dtype = getattr(torch, dtype_on(p, device))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(p.batch, p.in_channels, p.size, p.size, generator=g, dtype=torch.float64)
     w = torch.randn(p.out_channels, p.in_channels // p.groups, p.kernel, p.kernel, generator=g, dtype=torch.float64)
@@ -107,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     worst = run_path(args.path, device)
-    dtype = PATHS[args.path].dtype if device.type == "cuda" else PATHS[args.path].dtype.replace("bfloat16", "float32")
+    dtype = dtype_on(PATHS[args.path], device)
     ok = worst <= TOLERANCE[dtype]
     print(f"conv path {args.path} on {device.type} ({dtype}): largest relative difference {worst:.3g} "
           f"({'within' if ok else 'OUTSIDE'} {TOLERANCE[dtype]:g})")  # fmt: skip

@@ -59,7 +59,7 @@ def _rand(shape, dtype, device, seed: int, scale: float = 1.0, grad: bool = True
     return (scale * torch.randn(shape, generator=g, device=device, dtype=torch.float32)).to(dtype).requires_grad_(grad)
 
 
-def _setup(device: torch.device, size: str) -> tuple[torch.dtype, torch.dtype]:
+def _dtypes(size: str) -> tuple[torch.dtype, torch.dtype]:
     """(dtype under test, exact dtype)."""
     if size == "benchmark":
         return torch.bfloat16, torch.float32
@@ -70,7 +70,7 @@ def attention_case(device, size) -> Case:
     from replab_fast import ops
     from replab_fast.models.llama import attention_ref
 
-    dtype, exact = _setup(device, size)
+    dtype, exact = _dtypes(size)
     B, T, H, D = (4, 4096, 16, 128) if size == "benchmark" else (1, 48, 2, 32)
     q, k, v = (_rand((B, T, H, D), dtype, device, seed) for seed in (1, 2, 3))
 
@@ -87,7 +87,7 @@ def rms_norm_case(device, size) -> Case:
     from replab_fast import ops
     from replab_fast.kernels.rms_norm.reference import rms_norm_ref
 
-    dtype, exact = _setup(device, size)
+    dtype, exact = _dtypes(size)
     M, N = (8192, 4096) if size == "benchmark" else (33, 96)
     x, w = _rand((M, N), dtype, device, 1), _rand((N,), dtype, device, 2, scale=0.5)
     return Case("rms_norm", f"x ({M}, {N})", "F.rms_norm", [x, w], lambda x, w: (ops.rms_norm(x, w, 1e-6),),
@@ -99,7 +99,7 @@ def rope_case(device, size) -> Case:
     from replab_fast.kernels.rope.reference import rope_ref
     from replab_fast.models.llama import precompute_rope
 
-    dtype, exact = _setup(device, size)
+    dtype, exact = _dtypes(size)
     B, T, Hq, Hk, D = (4, 4096, 32, 8, 128) if size == "benchmark" else (2, 17, 4, 2, 32)
     q, k = _rand((B, T, Hq, D), dtype, device, 1), _rand((B, T, Hk, D), dtype, device, 2)
     cos, sin = precompute_rope(D, T, device=device)
@@ -117,7 +117,7 @@ def lstm_case(device, size) -> Case:
     from replab_fast import ops
     from replab_fast.kernels.lstm.reference import lstm_layer_ref
 
-    dtype, exact = _setup(device, size)
+    dtype, exact = _dtypes(size)
     T, B, H = (32, 64, 256) if size == "benchmark" else (5, 3, 16)
     s = H**-0.5
     x = _rand((T, B, H), dtype, device, 1)
@@ -147,7 +147,7 @@ def lstm_case(device, size) -> Case:
 def conv2d_case(device, size) -> Case:
     from replab_fast import ops
 
-    dtype, exact = _setup(device, size)
+    dtype, exact = _dtypes(size)
     if size == "benchmark":  # AlexNet's conv5: 384 -> 256, 3x3, pad 1, 2 groups, ReLU, max-pool 3/2
         N, C, HW, K, R, pad, groups, pool = 128, 384, 13, 256, 3, 1, 2, (3, 2)
     else:  # LeNet-5's C1: 1 -> 6, 5x5, ReLU, max-pool 2/2
